@@ -1,0 +1,12 @@
+// Package blobcache is the node's content-addressed store: committed blob files in
+// containerd's content/local layout (root/blobs/sha256/<hex>), a bbolt index of blob records
+// (size, media type, sources, access times) and tags, and fills, which download a missing
+// blob once however many clients ask and let each of them stream it while it arrives.
+//
+// Nothing unverified is ever committed or reported complete: a fill reaches its readers'
+// io.EOF only after the digest (and the announced size) has been checked. When the disk fails
+// the store says so with ErrStorage, so that callers can serve from upstream instead.
+//
+// Only sha256 digests are stored. The package knows nothing about HTTP, registries or auth;
+// callers hand it a FetchFunc that opens the upstream body.
+package blobcache

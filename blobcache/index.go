@@ -1,0 +1,147 @@
+package blobcache
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The index lives under one top-level bucket per schema version, so that a future format can
+// be migrated next to the old one instead of in place.
+var (
+	bucketV1    = []byte("v1")
+	bucketBlobs = []byte("blobs")
+	bucketTags  = []byte("tags")
+)
+
+// blobRecord is the on-disk form of a committed blob. It is kept apart from BlobInfo so that
+// the API can change without rewriting the index.
+type blobRecord struct {
+	Size       int64             `json:"size"`
+	MediaType  string            `json:"mediaType,omitempty"`
+	CreatedAt  time.Time         `json:"createdAt"`
+	LastAccess time.Time         `json:"lastAccess"`
+	Sources    []sourceRecord    `json:"sources,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+}
+
+type sourceRecord struct {
+	Registry   string `json:"registry"`
+	Repository string `json:"repository"`
+	Private    bool   `json:"private,omitempty"`
+}
+
+type tagRecord struct {
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"mediaType,omitempty"`
+	Size      int64         `json:"size"`
+	FetchedAt time.Time     `json:"fetchedAt"`
+}
+
+func (r *blobRecord) info(dgst digest.Digest) BlobInfo {
+	info := BlobInfo{
+		Digest:    dgst,
+		Size:      r.Size,
+		MediaType: r.MediaType,
+		CreatedAt: r.CreatedAt,
+	}
+	for _, s := range r.Sources {
+		info.Sources = append(info.Sources, Source(s))
+	}
+	return info
+}
+
+// addSource merges src into r.Sources and reports whether anything changed. One entry is
+// kept per registry/repository; once it was obtained anonymously (Private=false) it stays
+// public, because that proves anyone may read it there.
+func (r *blobRecord) addSource(src Source) bool {
+	if src == (Source{}) {
+		return false
+	}
+	for i, s := range r.Sources {
+		if s.Registry != src.Registry || s.Repository != src.Repository {
+			continue
+		}
+		if s.Private && !src.Private {
+			r.Sources[i].Private = false
+			return true
+		}
+		return false
+	}
+	r.Sources = append(r.Sources, sourceRecord(src))
+	return true
+}
+
+func initIndex(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		v1, err := tx.CreateBucketIfNotExists(bucketV1)
+		if err != nil {
+			return err
+		}
+		for _, name := range [][]byte{bucketBlobs, bucketTags} {
+			if _, err := v1.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func subBucket(tx *bolt.Tx, name []byte) (*bolt.Bucket, error) {
+	v1 := tx.Bucket(bucketV1)
+	if v1 == nil {
+		return nil, fmt.Errorf("index has no %q bucket: %w", bucketV1, errdefs.ErrDataLoss)
+	}
+	b := v1.Bucket(name)
+	if b == nil {
+		return nil, fmt.Errorf("index has no %q bucket: %w", name, errdefs.ErrDataLoss)
+	}
+	return b, nil
+}
+
+// getBlob returns the record of dgst, or nil when there is none.
+func getBlob(tx *bolt.Tx, dgst digest.Digest) (*blobRecord, error) {
+	b, err := subBucket(tx, bucketBlobs)
+	if err != nil {
+		return nil, err
+	}
+	v := b.Get([]byte(dgst))
+	if v == nil {
+		return nil, nil
+	}
+	var rec blobRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("decode blob record %s: %w", dgst, errdefs.ErrDataLoss)
+	}
+	return &rec, nil
+}
+
+func putBlob(tx *bolt.Tx, dgst digest.Digest, rec *blobRecord) error {
+	b, err := subBucket(tx, bucketBlobs)
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(dgst), v)
+}
+
+func tagKey(registry, repository, tag string) []byte {
+	return []byte(registry + "\x00" + repository + "\x00" + tag)
+}
+
+func validateTagKey(registry, repository, tag string) error {
+	for _, s := range []string{registry, repository, tag} {
+		if s == "" || strings.ContainsRune(s, 0) {
+			return fmt.Errorf("invalid tag key %q/%q:%q: %w", registry, repository, tag, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+// Command containerd-blobcache is the node-local pull-through cache daemon for containerd and
+// its administration commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/containerd/log"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin"
+)
+
+const usage = `containerd-blobcache: a node-local pull-through cache for containerd
+
+Usage:
+  containerd-blobcache serve [--config FILE] [--root DIR] [--log-level LEVEL]
+      Run the daemon. Without --config it runs on the embedded defaults
+      (see "config default").
+  containerd-blobcache config default
+      Print the complete default configuration, with a comment for every key.
+  containerd-blobcache config check --config FILE
+      Check a configuration file and print the configuration it results in.
+  containerd-blobcache version
+      Print the version.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the process exit code: 0 success, 1 failure, 2 usage.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(args[1:], stderr)
+	case "config":
+		err = configCmd(args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "containerd-blobcache %s\n", version.Version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "containerd-blobcache: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	var uerr usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &uerr):
+		fmt.Fprintf(stderr, "containerd-blobcache: %v\n", err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "containerd-blobcache: %v\n", err)
+		return 1
+	}
+}
+
+type usageError struct{ error }
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// loadConfig reads --config over the defaults, or the defaults alone.
+func loadConfig(file string) (config.Config, error) {
+	if file == "" {
+		return config.Default(), nil
+	}
+	return config.Load(file)
+}
+
+func serve(args []string, stderr io.Writer) error {
+	fs := newFlags("serve", stderr)
+	configFile := fs.String("config", "", "configuration file (TOML); embedded defaults when not given")
+	root := fs.String("root", "", "state directory (overrides the config's root)")
+	level := fs.String("log-level", "", "log level (overrides the config's log_level)")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("serve takes no arguments, got %q", fs.Args())}
+	}
+	cfg, err := loadConfig(*configFile)
+	if err != nil {
+		return err
+	}
+	if *root != "" {
+		cfg.Root = *root
+	}
+	if *level != "" {
+		cfg.LogLevel = *level
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := log.SetLevel(cfg.LogLevel); err != nil {
+		return fmt.Errorf("log_level: %w", err)
+	}
+	if err := log.SetFormat(log.TextFormat); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("daemon", "containerd-blobcache"))
+
+	srv, err := plugin.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
+}
+
+func configCmd(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{errors.New("config needs a subcommand: default or check")}
+	}
+	switch args[0] {
+	case "default":
+		if len(args) > 1 {
+			return usageError{fmt.Errorf("config default takes no arguments")}
+		}
+		_, err := io.WriteString(stdout, config.DefaultTOML)
+		return err
+	case "check":
+		fs := newFlags("config check", stderr)
+		configFile := fs.String("config", "", "configuration file (TOML) to check")
+		if err := fs.Parse(args[1:]); err != nil {
+			return usageError{err}
+		}
+		if *configFile == "" {
+			return usageError{errors.New("config check needs --config FILE")}
+		}
+		cfg, err := config.Load(*configFile)
+		if err != nil {
+			return err
+		}
+		return config.Write(stdout, cfg)
+	default:
+		return usageError{fmt.Errorf("unknown config subcommand %q", args[0])}
+	}
+}

@@ -1,0 +1,228 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+)
+
+// DefaultMirrorAddress is where the mirror listens unless configured otherwise: loopback only,
+// because the mirror is for the node's own containerd and must not be reachable from the network.
+const DefaultMirrorAddress = "127.0.0.1:5055"
+
+// Config is the daemon's whole configuration.
+type Config struct {
+	Root     string         `toml:"root"`
+	LogLevel string         `toml:"log_level"`
+	Mirror   MirrorConfig   `toml:"mirror"`
+	Upstream UpstreamConfig `toml:"upstream"`
+	Store    StoreConfig    `toml:"store"`
+}
+
+// MirrorConfig configures the HTTP registry mirror that containerd's hosts.toml points at.
+type MirrorConfig struct {
+	Address         string   `toml:"address"`
+	DefaultRegistry string   `toml:"default_registry"`
+	ReadTimeout     Duration `toml:"read_header_timeout"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// UpstreamConfig configures how the daemon reaches the registries.
+type UpstreamConfig struct {
+	AllowedRegistries     []string `toml:"allowed_registries"`
+	PlainHTTP             []string `toml:"plain_http"`
+	AllowPrivateNetworks  []string `toml:"allow_private_networks"`
+	DialTimeout           Duration `toml:"dial_timeout"`
+	ResponseHeaderTimeout Duration `toml:"response_header_timeout"`
+	StallTimeout          Duration `toml:"stall_timeout"`
+}
+
+// StoreConfig configures the blob store and its index.
+type StoreConfig struct {
+	TagFreshness    Duration `toml:"tag_freshness"`
+	MaxManifestSize int64    `toml:"max_manifest_size"`
+}
+
+// Default returns the embedded defaults: a configuration that works on a real node as it is.
+func Default() Config {
+	return Config{
+		Root:     "/var/lib/containerd-blobcache",
+		LogLevel: "info",
+		Mirror: MirrorConfig{
+			Address:         DefaultMirrorAddress,
+			ReadTimeout:     Duration(10 * time.Second),
+			ShutdownTimeout: Duration(10 * time.Second),
+		},
+		Upstream: UpstreamConfig{
+			AllowedRegistries:     []string{"*"},
+			PlainHTTP:             []string{},
+			AllowPrivateNetworks:  []string{},
+			DialTimeout:           Duration(5 * time.Second),
+			ResponseHeaderTimeout: Duration(30 * time.Second),
+			StallTimeout:          Duration(15 * time.Second),
+		},
+		Store: StoreConfig{
+			TagFreshness: Duration(time.Minute),
+			// containerd refuses manifests larger than 4 MiB; anything bigger is not worth keeping.
+			MaxManifestSize: 4 << 20,
+		},
+	}
+}
+
+// Load reads the TOML file at path over the defaults. Unknown keys and bad values are errors
+// that name the key.
+func Load(file string) (Config, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", file, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes TOML over the defaults and validates the result.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			if perr.LastKey != "" {
+				return Config{}, fmt.Errorf("invalid %s (line %d): %s: %w", perr.LastKey, perr.Position.Line, perr.Message, errdefs.ErrInvalidArgument)
+			}
+			return Config{}, fmt.Errorf("line %d: %s: %w", perr.Position.Line, perr.Message, errdefs.ErrInvalidArgument)
+		}
+		return Config{}, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return Config{}, fmt.Errorf("unknown key %s: %w", strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every value and names the first key that is wrong.
+func (c Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("invalid %s: %s: %w", key, fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
+	}
+	if c.Root == "" {
+		return bad("root", "must not be empty")
+	}
+	switch c.LogLevel {
+	case "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic":
+	default:
+		return bad("log_level", "%q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	if _, _, err := net.SplitHostPort(c.Mirror.Address); err != nil {
+		return bad("mirror.address", "%q is not host:port", c.Mirror.Address)
+	}
+	if c.Mirror.DefaultRegistry != "" {
+		if err := ValidRegistryHost(c.Mirror.DefaultRegistry); err != nil {
+			return bad("mirror.default_registry", "%v", err)
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"mirror.read_header_timeout", c.Mirror.ReadTimeout},
+		{"mirror.shutdown_timeout", c.Mirror.ShutdownTimeout},
+		{"upstream.dial_timeout", c.Upstream.DialTimeout},
+		{"upstream.response_header_timeout", c.Upstream.ResponseHeaderTimeout},
+		{"upstream.stall_timeout", c.Upstream.StallTimeout},
+		{"store.tag_freshness", c.Store.TagFreshness},
+	} {
+		if d.v <= 0 {
+			return bad(d.key, "must be a positive duration such as \"5s\"")
+		}
+	}
+	for _, list := range []struct {
+		key  string
+		pats []string
+	}{
+		{"upstream.allowed_registries", c.Upstream.AllowedRegistries},
+		{"upstream.plain_http", c.Upstream.PlainHTTP},
+		{"upstream.allow_private_networks", c.Upstream.AllowPrivateNetworks},
+	} {
+		for _, p := range list.pats {
+			if p == "" {
+				return bad(list.key, "empty pattern")
+			}
+			if _, err := path.Match(p, ""); err != nil {
+				return bad(list.key, "pattern %q: %v", p, err)
+			}
+		}
+	}
+	if c.Store.MaxManifestSize <= 0 || c.Store.MaxManifestSize > 64<<20 {
+		return bad("store.max_manifest_size", "%d is not between 1 and 67108864 bytes", c.Store.MaxManifestSize)
+	}
+	return nil
+}
+
+// MatchRegistry reports whether host matches one of the glob patterns (path.Match syntax,
+// where "*" does not cross a "/"; a registry host has none).
+func MatchRegistry(patterns []string, host string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, host); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Duration is a time.Duration written as a Go duration string ("5s", "1m30s") in TOML.
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"5s\"", string(text))
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+var anchoredDomain = regexp.MustCompile(`^` + reference.DomainRegexp.String() + `$`)
+
+// ValidRegistryHost checks that host is a registry host with an optional port, as in an image
+// reference ("registry-1.docker.io", "127.0.0.1:5000", "[::1]:5000"). Anything else — a path,
+// a scheme, user info, spaces — is refused, so that it can be used safely to build a URL.
+func ValidRegistryHost(host string) error {
+	if host == "" || len(host) > 255 || !anchoredDomain.MatchString(host) {
+		return fmt.Errorf("%q is not a registry host[:port]: %w", host, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Write encodes cfg as TOML.
+func Write(w io.Writer, cfg Config) error {
+	return toml.NewEncoder(w).Encode(cfg)
+}

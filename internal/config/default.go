@@ -1,0 +1,59 @@
+package config
+
+// DefaultTOML is the complete default configuration with a comment for every key, as printed
+// by `containerd-blobcache config default`. A test checks that it decodes to Default() and
+// names every key, so that it cannot drift from the code.
+const DefaultTOML = `# containerd-blobcache configuration. Every key is optional: a missing key keeps the
+# default shown here. An unknown key or a bad value stops the daemon at start.
+
+# State directory: index.db (bbolt index), blobs/sha256/<hex> (containerd's layout), fills/
+# (downloads in progress, removed at start).
+root = "/var/lib/containerd-blobcache"
+
+# trace, debug, info, warn or error. debug logs one line per request.
+log_level = "info"
+
+[mirror]
+  # HTTP listener of the registry mirror that containerd's hosts.toml points at. Keep it on
+  # loopback: the mirror is for this node's containerd only.
+  address = "127.0.0.1:5055"
+
+  # Registry used for requests that carry no ?ns= (containerd always sends ns; other clients
+  # may not). Empty: such requests are refused with 400 NAME_UNKNOWN.
+  default_registry = ""
+
+  # Time a client has to send its request headers (slow clients are cut).
+  read_header_timeout = "10s"
+
+  # On SIGTERM/SIGINT, time given to requests in flight before their connections are cut.
+  shutdown_timeout = "10s"
+
+[upstream]
+  # Registries that ?ns= may name (glob patterns such as "*.example.com"). Anything else is
+  # refused with 403 DENIED, so the daemon is not an open proxy.
+  allowed_registries = ["*"]
+
+  # Registries (host:port patterns) reached over plain http instead of https.
+  plain_http = []
+
+  # Registries allowed to resolve to loopback, private, link-local or cloud metadata
+  # addresses. All others are refused at dial time, on the resolved IP.
+  allow_private_networks = []
+
+  # Time to establish a TCP (and TLS) connection to a registry.
+  dial_timeout = "5s"
+
+  # Time a registry has to answer with response headers.
+  response_header_timeout = "30s"
+
+  # A download that receives no byte for this long is abandoned and its clients cut.
+  stall_timeout = "15s"
+
+[store]
+  # A tag is answered from the index for this long after it was fetched; after that it is
+  # revalidated upstream (a HEAD). Content addressed by digest never expires by time.
+  tag_freshness = "1m"
+
+  # Largest manifest accepted from a registry, in bytes (containerd refuses more than 4 MiB).
+  max_manifest_size = 4194304
+`

@@ -1,0 +1,123 @@
+package mirror
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// recorder remembers what a handler sent, for the request's log line. It passes ReadFrom
+// through so that http.ServeContent over an *os.File still reaches sendfile.
+type recorder struct {
+	http.ResponseWriter
+	status  int
+	bytes   int64
+	result  string
+	err     error
+	aborted bool
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *recorder) ReadFrom(src io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(w.ResponseWriter, src)
+	}
+	w.bytes += n
+	return n, err
+}
+
+func (w *recorder) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// errRange is a Range header that cannot be satisfied.
+var errRange = errors.New("range not satisfiable")
+
+// parseRange reads a single-range "bytes=" header against a blob of size bytes. It returns
+// ok=false when the header should be ignored (several ranges, another unit, bad syntax: RFC
+// 9110 lets a server answer those with the whole body) and an error when the range lies
+// outside the blob.
+func parseRange(header string, size int64) (start, length int64, ok bool, err error) {
+	spec, found := strings.CutPrefix(header, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, 0, false, nil
+	}
+	first, last, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, 0, false, nil
+	}
+	if first == "" {
+		// Suffix range: the last N bytes.
+		n, perr := strconv.ParseInt(last, 10, 64)
+		if perr != nil || n < 0 {
+			return 0, 0, false, nil
+		}
+		if n == 0 {
+			return 0, 0, false, fmt.Errorf("empty suffix range: %w", errRange)
+		}
+		if n > size {
+			n = size
+		}
+		return size - n, n, true, nil
+	}
+	s, perr := strconv.ParseInt(first, 10, 64)
+	if perr != nil || s < 0 {
+		return 0, 0, false, nil
+	}
+	if s >= size {
+		return 0, 0, false, fmt.Errorf("range starts at %d, blob has %d bytes: %w", s, size, errRange)
+	}
+	e := size - 1
+	if last != "" {
+		v, perr := strconv.ParseInt(last, 10, 64)
+		if perr != nil || v < s {
+			return 0, 0, false, nil
+		}
+		if v < e {
+			e = v
+		}
+	}
+	return s, e - s + 1, true, nil
+}
+
+// declaredMediaType reads the mediaType field a manifest or index declares.
+func declaredMediaType(body []byte) string {
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	if json.Unmarshal(body, &m) != nil {
+		return ""
+	}
+	return m.MediaType
+}

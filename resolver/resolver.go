@@ -1,0 +1,369 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+)
+
+// LoopHeader marks requests the daemon sends upstream, so that a daemon which receives one of
+// its own requests back (a misconfigured upstream that points at a mirror) refuses it instead
+// of proxying it again forever.
+const LoopHeader = "X-Containerd-Blobcache-Hop"
+
+// dockerHubHost is where "docker.io" is really served, as containerd itself does.
+const dockerHubHost = "registry-1.docker.io"
+
+// forwardedHeaders are the client headers that mean something to a registry for a read.
+// Everything else (cookies, hop-by-hop headers, the client's own Via) stays on this side.
+var forwardedHeaders = []string{"Accept", "Authorization", "Range", "If-None-Match", "If-Modified-Since"}
+
+// Options configure a Resolver.
+type Options struct {
+	AllowedRegistries     []string
+	PlainHTTP             []string
+	AllowPrivateNetworks  []string
+	DialTimeout           time.Duration
+	ResponseHeaderTimeout time.Duration
+	StallTimeout          time.Duration
+	UserAgent             string
+	// SelfAddresses are the daemon's own listeners; they are never dialled as an upstream.
+	SelfAddresses []string
+}
+
+// OptionsFromConfig maps the daemon configuration to resolver options.
+func OptionsFromConfig(c config.UpstreamConfig) Options {
+	return Options{
+		AllowedRegistries:     c.AllowedRegistries,
+		PlainHTTP:             c.PlainHTTP,
+		AllowPrivateNetworks:  c.AllowPrivateNetworks,
+		DialTimeout:           c.DialTimeout.D(),
+		ResponseHeaderTimeout: c.ResponseHeaderTimeout.D(),
+		StallTimeout:          c.StallTimeout.D(),
+	}
+}
+
+// Resolver sends the daemon's requests to upstream registries.
+type Resolver struct {
+	opts   Options
+	client *http.Client
+
+	mu   sync.RWMutex
+	self []netip
+}
+
+type netip struct {
+	ip   net.IP
+	port string
+}
+
+// Endpoint says how one registry, as named by ?ns=, is reached.
+type Endpoint struct {
+	// Name is the registry as the client named it ("docker.io"); the cache is keyed by it.
+	Name string
+	// Host is where requests go ("registry-1.docker.io").
+	Host   string
+	Scheme string
+	// AllowPrivate lets the host resolve to loopback or private addresses.
+	AllowPrivate bool
+}
+
+// New returns a Resolver with its own HTTP transport.
+func New(opts Options) (*Resolver, error) {
+	if opts.DialTimeout <= 0 || opts.ResponseHeaderTimeout <= 0 || opts.StallTimeout <= 0 {
+		return nil, fmt.Errorf("resolver timeouts must be positive: %w", errdefs.ErrInvalidArgument)
+	}
+	if opts.UserAgent == "" {
+		opts.UserAgent = "containerd-blobcache"
+	}
+	r := &Resolver{opts: opts}
+	if err := r.SetSelfAddresses(opts.SelfAddresses); err != nil {
+		return nil, err
+	}
+	dialer := &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}
+	transport := &http.Transport{
+		DialContext:           r.guardedDial(dialer),
+		ForceAttemptHTTP2:     true,
+		TLSHandshakeTimeout:   opts.DialTimeout,
+		ResponseHeaderTimeout: opts.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConns:          100,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		// Blobs are compressed already and must reach the client byte for byte, digest intact.
+		DisableCompression: true,
+	}
+	r.client = &http.Client{
+		Transport: transport,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			// Registries redirect blobs to object storage, once or twice; more is a loop.
+			if len(via) >= 5 {
+				return fmt.Errorf("stopped after %d redirects: %w", len(via), errdefs.ErrUnavailable)
+			}
+			// net/http already drops Authorization when the redirect leaves the registry's
+			// host; the loop marker goes along so a redirect back to a mirror is caught too.
+			return nil
+		},
+	}
+	return r, nil
+}
+
+// SetSelfAddresses records the daemon's own listener addresses (host:port) for the loop guard.
+func (r *Resolver) SetSelfAddresses(addrs []string) error {
+	var self []netip
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return fmt.Errorf("self address %q: %w", a, errdefs.ErrInvalidArgument)
+		}
+		ip := net.ParseIP(host)
+		if ip == nil && host != "" && host != "localhost" {
+			return fmt.Errorf("self address %q is not an IP: %w", a, errdefs.ErrInvalidArgument)
+		}
+		if ip == nil {
+			ip = net.IPv4(127, 0, 0, 1)
+		}
+		self = append(self, netip{ip: ip, port: port})
+	}
+	r.mu.Lock()
+	r.self = self
+	r.mu.Unlock()
+	return nil
+}
+
+// Endpoint checks ns against the allow-list and says how to reach it.
+func (r *Resolver) Endpoint(ns string) (Endpoint, error) {
+	if err := config.ValidRegistryHost(ns); err != nil {
+		return Endpoint{}, err
+	}
+	name := strings.ToLower(ns)
+	if !config.MatchRegistry(r.opts.AllowedRegistries, name) {
+		return Endpoint{}, fmt.Errorf("registry %q is not in upstream.allowed_registries: %w", name, errdefs.ErrPermissionDenied)
+	}
+	host := name
+	if name == "docker.io" || name == "index.docker.io" {
+		host = dockerHubHost
+	}
+	scheme := "https"
+	if config.MatchRegistry(r.opts.PlainHTTP, name) {
+		scheme = "http"
+	}
+	return Endpoint{
+		Name:         name,
+		Host:         host,
+		Scheme:       scheme,
+		AllowPrivate: config.MatchRegistry(r.opts.AllowPrivateNetworks, name),
+	}, nil
+}
+
+// Request is one read from a registry on behalf of a client.
+type Request struct {
+	Method     string
+	Endpoint   Endpoint
+	Repository string
+	// Kind is "manifests" or "blobs".
+	Kind      string
+	Reference string
+	// Header holds the client's headers; only those a registry needs are forwarded.
+	Header http.Header
+	// Range, when set, replaces the client's Range header ("bytes=N-").
+	Range string
+}
+
+type allowPrivateKey struct{}
+
+// Do sends the request upstream. The response body, if any, is guarded by the stall timeout:
+// a read that waits longer than that for a byte fails. Transport failures are wrapped around
+// errdefs.ErrUnavailable.
+func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) {
+	if req.Kind != "manifests" && req.Kind != "blobs" {
+		return nil, fmt.Errorf("kind %q: %w", req.Kind, errdefs.ErrInvalidArgument)
+	}
+	u := url.URL{
+		Scheme: req.Endpoint.Scheme,
+		Host:   req.Endpoint.Host,
+		Path:   "/v2/" + req.Repository + "/" + req.Kind + "/" + req.Reference,
+	}
+	ctx, cancel := context.WithCancel(context.WithValue(ctx, allowPrivateKey{}, req.Endpoint.AllowPrivate))
+	hreq, err := http.NewRequestWithContext(ctx, req.Method, u.String(), nil)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("build upstream request: %w", errdefs.ErrInvalidArgument)
+	}
+	for _, h := range forwardedHeaders {
+		if v := req.Header.Values(h); len(v) > 0 {
+			hreq.Header[h] = append([]string(nil), v...)
+		}
+	}
+	if req.Range != "" {
+		hreq.Header.Set("Range", req.Range)
+	}
+	hreq.Header.Set("User-Agent", r.opts.UserAgent)
+	hreq.Header.Set(LoopHeader, "1")
+
+	resp, err := r.client.Do(hreq)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), unwrapURLError(err), errdefs.ErrUnavailable)
+	}
+	resp.Body = newStallGuard(resp.Body, r.opts.StallTimeout, cancel)
+	return resp, nil
+}
+
+func unwrapURLError(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	return err
+}
+
+// redact drops the query of a URL for logs and errors: signed redirect URLs carry credentials there.
+func redact(u url.URL) string {
+	u.RawQuery = ""
+	u.User = nil
+	return u.String()
+}
+
+// ErrBlockedAddress is returned when an upstream resolves to an address it may not use.
+var ErrBlockedAddress = fmt.Errorf("upstream address not allowed: %w", errdefs.ErrPermissionDenied)
+
+func (r *Resolver) guardedDial(dialer *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		allowPrivate, _ := ctx.Value(allowPrivateKey{}).(bool)
+		ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		var lastErr error = fmt.Errorf("no address for %s", host)
+		for _, ip := range ips {
+			// The address is checked and then dialled as the IP itself, so a second DNS answer
+			// (rebinding) cannot swap in another address between the check and the dial.
+			if err := r.checkAddress(ip.IP, port, allowPrivate); err != nil {
+				lastErr = fmt.Errorf("%s (%s): %w", host, ip.IP, err)
+				continue
+			}
+			conn, err := dialer.DialContext(ctx, network, net.JoinHostPort(ip.IP.String(), port))
+			if err == nil {
+				return conn, nil
+			}
+			lastErr = err
+		}
+		return nil, lastErr
+	}
+}
+
+func (r *Resolver) checkAddress(ip net.IP, port string, allowPrivate bool) error {
+	r.mu.RLock()
+	self := r.self
+	r.mu.RUnlock()
+	for _, s := range self {
+		if s.port != port {
+			continue
+		}
+		if s.ip.Equal(ip) || (s.ip.IsUnspecified() && (ip.IsLoopback() || isLocalAddress(ip))) {
+			return fmt.Errorf("that is this daemon's own listener: %w", ErrBlockedAddress)
+		}
+	}
+	if allowPrivate {
+		return nil
+	}
+	if isRestricted(ip) {
+		return fmt.Errorf("loopback, private or link-local address; list the registry in upstream.allow_private_networks to allow it: %w", ErrBlockedAddress)
+	}
+	return nil
+}
+
+// isRestricted covers the addresses an open proxy would let a client reach: the node itself,
+// its private networks, link-local (including cloud metadata at 169.254.169.254) and the like.
+func isRestricted(ip net.IP) bool {
+	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() ||
+		ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
+		return true
+	}
+	if v4 := ip.To4(); v4 != nil {
+		// 100.64.0.0/10 (carrier-grade NAT, used by some clouds for metadata) and 0.0.0.0/8.
+		return (v4[0] == 100 && v4[1]&0xc0 == 64) || v4[0] == 0
+	}
+	return false
+}
+
+func isLocalAddress(ip net.IP) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrStalled is returned by a response body that received no byte for the stall timeout.
+var ErrStalled = fmt.Errorf("upstream stalled: %w", errdefs.ErrUnavailable)
+
+// stallGuard fails a body read that waits longer than the stall timeout. The timer runs only
+// while a Read is waiting, so a slow reader on our side does not count against the upstream.
+type stallGuard struct {
+	body    io.ReadCloser
+	timeout time.Duration
+	cancel  context.CancelFunc
+	timer   *time.Timer
+
+	mu      sync.Mutex
+	stalled bool
+}
+
+func newStallGuard(body io.ReadCloser, timeout time.Duration, cancel context.CancelFunc) io.ReadCloser {
+	g := &stallGuard{body: body, timeout: timeout, cancel: cancel}
+	g.timer = time.AfterFunc(timeout, g.fire)
+	g.timer.Stop()
+	return g
+}
+
+func (g *stallGuard) fire() {
+	g.mu.Lock()
+	g.stalled = true
+	g.mu.Unlock()
+	g.cancel()
+}
+
+func (g *stallGuard) Read(p []byte) (int, error) {
+	g.timer.Reset(g.timeout)
+	n, err := g.body.Read(p)
+	g.timer.Stop()
+	if err != nil && err != io.EOF {
+		g.mu.Lock()
+		stalled := g.stalled
+		g.mu.Unlock()
+		if stalled {
+			return n, fmt.Errorf("no byte for %s: %w", g.timeout, ErrStalled)
+		}
+		return n, fmt.Errorf("read upstream body: %w: %w", err, errdefs.ErrUnavailable)
+	}
+	return n, err
+}
+
+func (g *stallGuard) Close() error {
+	g.timer.Stop()
+	err := g.body.Close()
+	g.cancel()
+	return err
+}
