@@ -416,7 +416,7 @@ func (h *Handler) serveBlob(q *request) {
 		return
 	}
 	if q.r.Method == http.MethodHead {
-		h.proxy(q, resultMiss, "")
+		h.proxy(q, resultBypass, "")
 		return
 	}
 
