@@ -7,6 +7,12 @@
 // io.EOF only after the digest (and the announced size) has been checked. When the disk fails
 // the store says so with ErrStorage, so that callers can serve from upstream instead.
 //
+// The content API (plugin/content) shares the store: containerd's local store writer commits
+// into the same blobs/sha256 (its ingests live in root/ingest/, untouched here), and the index
+// records which blobs containerd holds and their content labels. A held blob must not be
+// evicted; a released one stays as cache. A blob file without a record (committed by that
+// writer) is adopted, with the size of the file, when it is held or labelled.
+//
 // Only sha256 digests are stored. The package knows nothing about HTTP, registries or auth;
 // callers hand it a FetchFunc that opens the upstream body.
 package blobcache

@@ -22,12 +22,18 @@ var (
 // blobRecord is the on-disk form of a committed blob. It is kept apart from BlobInfo so that
 // the API can change without rewriting the index.
 type blobRecord struct {
-	Size       int64             `json:"size"`
-	MediaType  string            `json:"mediaType,omitempty"`
-	CreatedAt  time.Time         `json:"createdAt"`
-	LastAccess time.Time         `json:"lastAccess"`
-	Sources    []sourceRecord    `json:"sources,omitempty"`
-	Labels     map[string]string `json:"labels,omitempty"`
+	Size       int64          `json:"size"`
+	MediaType  string         `json:"mediaType,omitempty"`
+	CreatedAt  time.Time      `json:"createdAt"`
+	LastAccess time.Time      `json:"lastAccess"`
+	Sources    []sourceRecord `json:"sources,omitempty"`
+	// Labels are the content API labels containerd set on the blob (containerd's content
+	// store keeps them with the blob); they are dropped with the hold.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Held is set while containerd holds the blob through the content API: it was written,
+	// committed, found or updated through the API and not deleted since. Eviction must
+	// leave a held blob alone, because containerd's metadata may refer to it.
+	Held bool `json:"held,omitempty"`
 }
 
 type sourceRecord struct {
@@ -49,6 +55,7 @@ func (r *blobRecord) info(dgst digest.Digest) BlobInfo {
 		Size:      r.Size,
 		MediaType: r.MediaType,
 		CreatedAt: r.CreatedAt,
+		Held:      r.Held,
 	}
 	for _, s := range r.Sources {
 		info.Sources = append(info.Sources, Source(s))

@@ -51,6 +51,8 @@ type BlobInfo struct {
 	MediaType string
 	Sources   []Source
 	CreatedAt time.Time
+	// Held is true while containerd holds the blob through the content API (see Hold).
+	Held bool
 }
 
 // TagRecord is what a (registry, repository, tag) resolved to when it was last fetched.

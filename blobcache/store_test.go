@@ -102,6 +102,11 @@ func TestInvalidDigestRejected(t *testing.T) {
 			checks["AddSource"] = s.AddSource(ctx, d, Source{Registry: "r", Repository: "x"})
 			checks["PutBlob"] = s.PutBlob(ctx, d, "", Source{}, []byte("x"))
 			checks["PutTag"] = s.PutTag(ctx, "r", "x", "t", TagRecord{Digest: d})
+			_, checks["Hold"] = s.Hold(ctx, d)
+			checks["Release"] = s.Release(ctx, d)
+			_, checks["Labels"] = s.Labels(ctx, d)
+			checks["SetLabels"] = s.SetLabels(ctx, d, nil)
+			_, checks["UpdateLabels"] = s.UpdateLabels(ctx, d, nil)
 			for name, err := range checks {
 				if !errdefs.IsInvalidArgument(err) {
 					t.Errorf("%s: got %v, want invalid argument", name, err)

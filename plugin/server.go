@@ -14,6 +14,7 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
@@ -24,6 +25,8 @@ type Server struct {
 	store          *blobcache.Store
 	mirrorListener net.Listener
 	mirrorServer   *http.Server
+	// content is nil when the content API is disabled.
+	content *content.Service
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -36,8 +39,29 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.Root, err)
 	}
+	// The content socket comes first: when containerd uses it, containerd waits for it.
+	var contentSvc *content.Service
+	if cfg.Content.Enabled {
+		cln, err := content.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
+		if err != nil {
+			store.Close()
+			return nil, fmt.Errorf("content socket: %w", err)
+		}
+		contentSvc, err = content.NewService(ctx, store, cln)
+		if err != nil {
+			cln.Close()
+			store.Close()
+			return nil, err
+		}
+	}
+	closeContent := func() {
+		if contentSvc != nil {
+			contentSvc.Close()
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Mirror.Address)
 	if err != nil {
+		closeContent()
 		store.Close()
 		return nil, fmt.Errorf("mirror listener on %s: %w", cfg.Mirror.Address, err)
 	}
@@ -47,6 +71,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	res, err := resolver.New(opts)
 	if err != nil {
 		ln.Close()
+		closeContent()
 		store.Close()
 		return nil, err
 	}
@@ -59,6 +84,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	})
 	if err != nil {
 		ln.Close()
+		closeContent()
 		store.Close()
 		return nil, err
 	}
@@ -71,39 +97,85 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		// Requests must outlive the signal that starts a shutdown: Shutdown waits for them.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv}, nil
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
 func (s *Server) MirrorAddress() string { return s.mirrorListener.Addr().String() }
 
-// Serve runs until ctx is cancelled, then shuts down: new connections are refused, requests in
-// flight get mirror.shutdown_timeout to finish and are cut after it, and the store is closed.
+// ContentAddress is the content API's socket, or "" when it is disabled.
+func (s *Server) ContentAddress() string {
+	if s.content == nil {
+		return ""
+	}
+	return s.content.Address()
+}
+
+// Serve runs until ctx is cancelled or a listener fails, then shuts down: new connections are
+// refused, requests in flight get mirror.shutdown_timeout (content.shutdown_timeout for the
+// content API) to finish and are cut after it, and the store is closed.
 func (s *Server) Serve(ctx context.Context) error {
-	errc := make(chan error, 1)
-	go func() { errc <- s.mirrorServer.Serve(s.mirrorListener) }()
-	log.G(ctx).WithFields(log.Fields{"mirror": s.MirrorAddress(), "root": s.cfg.Root, "version": version.Version}).Info("containerd-blobcache serving")
+	mirrorErr := make(chan error, 1)
+	go func() {
+		err := s.mirrorServer.Serve(s.mirrorListener)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		mirrorErr <- err
+	}()
+	contentErr := make(chan error, 1)
+	fields := log.Fields{"mirror": s.MirrorAddress(), "root": s.cfg.Root, "version": version.Version}
+	if s.content != nil {
+		go func() { contentErr <- s.content.Serve() }()
+		fields["content"] = s.content.Address()
+	}
+	log.G(ctx).WithFields(fields).Info("containerd-blobcache serving")
 
 	var serveErr error
 	select {
 	case <-ctx.Done():
-	case serveErr = <-errc:
-		if errors.Is(serveErr, http.ErrServerClosed) {
-			serveErr = nil
-		}
+	case err := <-mirrorErr:
+		serveErr = errors.Join(fmt.Errorf("mirror server stopped"), err)
+		mirrorErr <- nil
+	case err := <-contentErr:
+		serveErr = errors.Join(fmt.Errorf("content server stopped"), err)
+		contentErr <- nil
 	}
 	log.G(ctx).Info("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Mirror.ShutdownTimeout.D())
+	base := context.WithoutCancel(ctx)
+	done := make(chan struct{})
+	if s.content != nil {
+		// Both surfaces drain at the same time: the content socket closes at once, so
+		// that containerd fails fast while the daemon is away instead of waiting for it.
+		go func() {
+			defer close(done)
+			cctx, cancel := context.WithTimeout(base, s.cfg.Content.ShutdownTimeout.D())
+			defer cancel()
+			s.content.Shutdown(cctx)
+		}()
+	} else {
+		close(done)
+	}
+	shutdownCtx, cancel := context.WithTimeout(base, s.cfg.Mirror.ShutdownTimeout.D())
 	defer cancel()
 	if err := s.mirrorServer.Shutdown(shutdownCtx); err != nil {
 		log.G(ctx).WithError(err).Warn("requests still running at the shutdown timeout; cutting them")
 		s.mirrorServer.Close()
 	}
+	<-done
+	if s.content != nil {
+		if err := <-contentErr; err != nil {
+			serveErr = errors.Join(serveErr, fmt.Errorf("content server: %w", err))
+		}
+	}
+	if err := <-mirrorErr; err != nil {
+		serveErr = errors.Join(serveErr, fmt.Errorf("mirror server: %w", err))
+	}
 	if err := s.store.Close(); err != nil {
 		serveErr = errors.Join(serveErr, fmt.Errorf("close store: %w", err))
 	}
 	if serveErr != nil {
-		return fmt.Errorf("mirror server: %w", errors.Join(serveErr, errdefs.ErrUnavailable))
+		return fmt.Errorf("%w: %w", serveErr, errdefs.ErrUnavailable)
 	}
 	return nil
 }
@@ -111,5 +183,8 @@ func (s *Server) Serve(ctx context.Context) error {
 // Close releases what New acquired, for a Server that never ran Serve.
 func (s *Server) Close() error {
 	s.mirrorListener.Close()
+	if s.content != nil {
+		s.content.Close()
+	}
 	return s.store.Close()
 }

@@ -23,8 +23,10 @@ const usage = `containerd-blobcache: a node-local pull-through cache for contain
 
 Usage:
   containerd-blobcache serve [--config FILE] [--root DIR] [--log-level LEVEL]
+                             [--content-address SOCKET]
       Run the daemon. Without --config it runs on the embedded defaults
-      (see "config default").
+      (see "config default"). --content-address serves containerd's content
+      API on SOCKET (content.enabled and content.address).
   containerd-blobcache config default
       Print the complete default configuration, with a comment for every key.
   containerd-blobcache config check --config FILE
@@ -91,6 +93,7 @@ func serve(args []string, stderr io.Writer) error {
 	configFile := fs.String("config", "", "configuration file (TOML); embedded defaults when not given")
 	root := fs.String("root", "", "state directory (overrides the config's root)")
 	level := fs.String("log-level", "", "log level (overrides the config's log_level)")
+	contentAddress := fs.String("content-address", "", "serve the content API on this unix socket (sets content.enabled and content.address)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -106,6 +109,10 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	if *level != "" {
 		cfg.LogLevel = *level
+	}
+	if *contentAddress != "" {
+		cfg.Content.Enabled = true
+		cfg.Content.Address = *contentAddress
 	}
 	if err := cfg.Validate(); err != nil {
 		return err

@@ -21,6 +21,14 @@ import (
 // because the mirror is for the node's own containerd and must not be reachable from the network.
 const DefaultMirrorAddress = "127.0.0.1:5055"
 
+// DefaultContentAddress is the unix socket of the content API, where containerd's
+// [proxy_plugins] entry points.
+const DefaultContentAddress = "/run/containerd-blobcache/content.sock"
+
+// maxSocketPath is the longest content socket path: a unix socket address holds 107 bytes,
+// and the socket is bound under the path plus ".tmp" before it is renamed into place.
+const maxSocketPath = 107 - len(".tmp")
+
 // Config is the daemon's whole configuration.
 type Config struct {
 	Root     string         `toml:"root"`
@@ -28,6 +36,7 @@ type Config struct {
 	Mirror   MirrorConfig   `toml:"mirror"`
 	Upstream UpstreamConfig `toml:"upstream"`
 	Store    StoreConfig    `toml:"store"`
+	Content  ContentConfig  `toml:"content"`
 }
 
 // MirrorConfig configures the HTTP registry mirror that containerd's hosts.toml points at.
@@ -35,6 +44,15 @@ type MirrorConfig struct {
 	Address         string   `toml:"address"`
 	DefaultRegistry string   `toml:"default_registry"`
 	ReadTimeout     Duration `toml:"read_header_timeout"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// ContentConfig configures the content API (containerd's content service over gRPC) that a
+// containerd [proxy_plugins] entry of type "content" uses as its content store.
+type ContentConfig struct {
+	Enabled         bool     `toml:"enabled"`
+	Address         string   `toml:"address"`
+	SocketGroup     string   `toml:"socket_group"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 }
 
@@ -76,6 +94,15 @@ func Default() Config {
 			TagFreshness: Duration(time.Minute),
 			// containerd refuses manifests larger than 4 MiB; anything bigger is not worth keeping.
 			MaxManifestSize: 4 << 20,
+		},
+		Content: ContentConfig{
+			// Off by default: serving containerd's content store is a choice made together
+			// with containerd's own configuration (its content plugin disabled), and the
+			// mirror alone must not need /run.
+			Enabled:         false,
+			Address:         DefaultContentAddress,
+			SocketGroup:     "",
+			ShutdownTimeout: Duration(5 * time.Second),
 		},
 	}
 }
@@ -152,6 +179,7 @@ func (c Config) Validate() error {
 		{"upstream.response_header_timeout", c.Upstream.ResponseHeaderTimeout},
 		{"upstream.stall_timeout", c.Upstream.StallTimeout},
 		{"store.tag_freshness", c.Store.TagFreshness},
+		{"content.shutdown_timeout", c.Content.ShutdownTimeout},
 	} {
 		if d.v <= 0 {
 			return bad(d.key, "must be a positive duration such as \"5s\"")
@@ -176,6 +204,17 @@ func (c Config) Validate() error {
 	}
 	if c.Store.MaxManifestSize <= 0 || c.Store.MaxManifestSize > 64<<20 {
 		return bad("store.max_manifest_size", "%d is not between 1 and 67108864 bytes", c.Store.MaxManifestSize)
+	}
+	switch a := c.Content.Address; {
+	case !path.IsAbs(a):
+		return bad("content.address", "%q is not an absolute path", a)
+	case len(a) > maxSocketPath:
+		return bad("content.address", "%q is longer than %d bytes (unix socket addresses are limited)", a, maxSocketPath)
+	case path.Clean(a) != a || strings.HasSuffix(a, "/"):
+		return bad("content.address", "%q is not a clean path to a file", a)
+	}
+	if g := c.Content.SocketGroup; g != "" && (strings.ContainsAny(g, " \t\n:/") || strings.HasPrefix(g, "-")) {
+		return bad("content.socket_group", "%q is not a group name or numeric gid", g)
 	}
 	return nil
 }

@@ -80,6 +80,10 @@ plain_http = ["127.0.0.1:5000"]
 stall_timeout = "3s"
 [store]
 tag_freshness = "10s"
+[content]
+enabled = true
+address = "/run/bc/c.sock"
+socket_group = "containerd"
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +91,9 @@ tag_freshness = "10s"
 	if cfg.Root != "/tmp/x" || cfg.Mirror.Address != "127.0.0.1:6000" || cfg.Upstream.StallTimeout.D() != 3*time.Second ||
 		cfg.Store.TagFreshness.D() != 10*time.Second || !reflect.DeepEqual(cfg.Upstream.PlainHTTP, []string{"127.0.0.1:5000"}) {
 		t.Fatalf("overrides not applied: %+v", cfg)
+	}
+	if want := (ContentConfig{Enabled: true, Address: "/run/bc/c.sock", SocketGroup: "containerd", ShutdownTimeout: Default().Content.ShutdownTimeout}); cfg.Content != want {
+		t.Fatalf("content = %+v, want %+v", cfg.Content, want)
 	}
 	// Keys not in the file keep their defaults.
 	if cfg.Upstream.DialTimeout != Default().Upstream.DialTimeout || cfg.LogLevel != "info" {
@@ -110,6 +117,12 @@ func TestParseRefusesAndNamesTheKey(t *testing.T) {
 		{"wrong type", "[upstream]\nplain_http = \"127.0.0.1\"", "plain_http"},
 		{"empty root", `root = ""`, "root"},
 		{"manifest size", "[store]\nmax_manifest_size = 0", "store.max_manifest_size"},
+		{"relative content socket", "[content]\naddress = \"run/c.sock\"", "content.address"},
+		{"content socket too long", "[content]\naddress = \"/" + strings.Repeat("a", 110) + "\"", "content.address"},
+		{"content socket is a directory", "[content]\naddress = \"/run/x/\"", "content.address"},
+		{"bad socket group", "[content]\nsocket_group = \"a b\"", "content.socket_group"},
+		{"content shutdown timeout", "[content]\nshutdown_timeout = \"0s\"", "content.shutdown_timeout"},
+		{"content enabled not a bool", "[content]\nenabled = \"yes\"", "enabled"},
 		{"not toml", "root = ", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -56,4 +56,30 @@ log_level = "info"
 
   # Largest manifest accepted from a registry, in bytes (containerd refuses more than 4 MiB).
   max_manifest_size = 4194304
+
+[content]
+  # Serve containerd's content API on a unix socket, over the same store, so that containerd
+  # keeps its blobs here: each blob on disk once, and a blob containerd garbage-collected
+  # stays cached so that its next pull downloads nothing. Enable it together with this in
+  # containerd's config.toml (start this daemon before containerd):
+  #   disabled_plugins = ["io.containerd.content.v1.content"]
+  #   [proxy_plugins.blobcache]
+  #     type = "content"
+  #     address = "/run/containerd-blobcache/content.sock"
+  # containerd then depends on this daemon for every image operation. Off: mirror only.
+  enabled = false
+
+  # The socket. Its directory is created 0700 (0750 with socket_group) when missing; a socket
+  # file left by a daemon that died is replaced, one another process serves is not.
+  address = "/run/containerd-blobcache/content.sock"
+
+  # Group (name or numeric gid) given access to the socket: mode 0660 instead of 0600 (an
+  # existing directory is left as it is and must let the group in). Only containerd needs the
+  # socket, and it runs as root: leave it empty unless containerd does not.
+  socket_group = ""
+
+  # On SIGTERM/SIGINT, time given to content requests in flight (containerd's writes and
+  # reads) before they are cut. The socket is closed first, so containerd fails fast
+  # meanwhile rather than waiting.
+  shutdown_timeout = "5s"
 `

@@ -1,0 +1,115 @@
+package content
+
+import (
+	"context"
+	"errors"
+	"net"
+
+	api "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/plugins/services/content/contentserver"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+)
+
+// Service is the content API served over gRPC on a listener.
+type Service struct {
+	store *Store
+	srv   *grpc.Server
+	ln    net.Listener
+}
+
+// NewService serves cache's content on ln (see Listen) once Serve runs. ctx carries the
+// logger every request logs with.
+func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener) (*Service, error) {
+	store, err := NewStore(ctx, cache)
+	if err != nil {
+		return nil, err
+	}
+	logger := log.G(ctx)
+	srv := grpc.NewServer(
+		// containerd's proxy client sends writes of up to half its 16 MiB limit per
+		// message, above gRPC's 4 MiB default.
+		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
+		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			ctx = log.WithLogger(ctx, logger)
+			resp, err := handler(ctx, req)
+			logResult(ctx, info.FullMethod, err)
+			return resp, err
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			err := handler(srv, &loggedStream{ServerStream: ss, ctx: log.WithLogger(ss.Context(), logger)})
+			logResult(ss.Context(), info.FullMethod, err)
+			return err
+		}),
+	)
+	api.RegisterContentServer(srv, contentserver.New(store))
+	return &Service{store: store, srv: srv, ln: ln}, nil
+}
+
+// Store is the content store the service serves.
+func (s *Service) Store() *Store { return s.store }
+
+// Address is the socket the service listens on.
+func (s *Service) Address() string { return s.ln.Addr().String() }
+
+// Serve serves until Shutdown; it returns nil after a Shutdown.
+func (s *Service) Serve() error {
+	err := s.srv.Serve(s.ln)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown closes the socket (new connections are refused at once, so containerd fails fast
+// instead of waiting), lets requests in flight finish until ctx is done, then cuts them.
+func (s *Service) Shutdown(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		s.srv.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		log.G(ctx).Warn("content requests still running at the shutdown timeout; cutting them")
+		s.srv.Stop()
+		<-done
+	}
+}
+
+// Close releases the listener of a service that never ran Serve.
+func (s *Service) Close() error {
+	s.srv.Stop()
+	return s.ln.Close()
+}
+
+type loggedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *loggedStream) Context() context.Context { return s.ctx }
+
+// logResult logs failed requests at debug level; the answers containerd expects in normal
+// operation (not found, already exists) are not failures worth a line.
+func logResult(ctx context.Context, method string, err error) {
+	if err == nil {
+		return
+	}
+	switch status.Code(err) {
+	case codes.NotFound, codes.AlreadyExists:
+		return
+	}
+	if errdefs.IsNotFound(err) || errdefs.IsAlreadyExists(err) {
+		return
+	}
+	log.G(ctx).WithError(err).WithField("method", method).Debug("content request failed")
+}
