@@ -1,0 +1,151 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ContentPluginID is containerd's built-in content store, disabled when the daemon's content
+// API takes its place.
+const ContentPluginID = "io.containerd.content.v1.content"
+
+// ContentProxyName is the name of the [proxy_plugins] entry; it must not clash with a
+// built-in plugin ID.
+const ContentProxyName = "blobcache"
+
+// ContentConfig returns the daemon configuration lines (for DaemonConfig.Extra) that serve
+// the content API on socket.
+func ContentConfig(socket string) string {
+	return fmt.Sprintf("[content]\nenabled = true\naddress = %s\nshutdown_timeout = \"5s\"\n", tomlString(socket))
+}
+
+// StartContainerdContentProxy starts containerd like StartContainerd, but with its built-in
+// content store disabled and the daemon's content API on socket as its content store:
+//
+//	disabled_plugins = ["io.containerd.content.v1.content", ...]
+//	[proxy_plugins.blobcache]
+//	  type = "content"
+//	  address = socket
+//
+// containerd connects to the socket lazily, so the daemon need not be up yet. With waitCRI,
+// it also waits for the CRI image service (as StartContainerd does); otherwise only for
+// containerd's own API, which is what a test starting the daemon later can rely on.
+func StartContainerdContentProxy(t testing.TB, opts ContainerdOptions, socket string, waitCRI bool) *Containerd {
+	t.Helper()
+	RequireRoot(t)
+	tools := Tools(t)
+	if opts.ContentSharingPolicy == "" {
+		opts.ContentSharingPolicy = "isolated"
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "info"
+	}
+	dir := ShortTempDir(t, "bcp-")
+	c := &Containerd{
+		Dir:     dir,
+		Root:    filepath.Join(dir, "root"),
+		State:   filepath.Join(dir, "state"),
+		Socket:  filepath.Join(dir, "c.sock"),
+		Config:  filepath.Join(dir, "config.toml"),
+		Options: opts,
+		tools:   tools,
+	}
+	for _, d := range []string{c.Root, c.State, filepath.Join(dir, "tmp"), filepath.Join(dir, "opt"), filepath.Join(dir, "cni", "net.d"), filepath.Join(dir, "cni", "bin")} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := c.configTOML()
+	const disabledKey = "disabled_plugins = ["
+	if !strings.Contains(cfg, disabledKey) {
+		t.Fatalf("containerd config has no %q line to extend", disabledKey)
+	}
+	cfg = strings.Replace(cfg, disabledKey, disabledKey+fmt.Sprintf("%q, ", ContentPluginID), 1)
+	cfg += fmt.Sprintf("\n[proxy_plugins]\n  [proxy_plugins.%s]\n    type = \"content\"\n    address = %q\n", ContentProxyName, socket)
+	if err := os.WriteFile(c.Config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountUnder(t, dir) })
+	c.startProxyMode(t, waitCRI)
+	return c
+}
+
+// RestartProxyMode stops containerd (if it runs) and starts it again on the same root, state
+// and configuration, waiting as StartContainerdContentProxy does.
+func (c *Containerd) RestartProxyMode(t testing.TB, waitCRI bool) {
+	t.Helper()
+	if err := c.Process.Stop(); err != nil {
+		t.Fatalf("stop containerd: %v", err)
+	}
+	c.startProxyMode(t, waitCRI)
+}
+
+func (c *Containerd) startProxyMode(t testing.TB, waitCRI bool) {
+	t.Helper()
+	cmd := exec.Command(c.tools.Containerd, "--config", c.Config)
+	cmd.Dir = c.Dir
+	cmd.Env = append(os.Environ(), "PATH="+c.tools.Dir+":"+os.Getenv("PATH"), "TMPDIR="+filepath.Join(c.Dir, "tmp"))
+	c.Process = startProcess(t, "containerd", filepath.Join(c.Dir, "containerd.log"), cmd)
+	if waitCRI {
+		c.waitReady(t)
+		return
+	}
+	WaitFor(t, "containerd socket "+c.Socket, 60*time.Second, 50*time.Millisecond, func() error {
+		if exited, err := c.Process.Exited(); exited {
+			return fmt.Errorf("%w: containerd exited (%v); log:\n%s", errStop, err, TailFile(c.Process.LogPath, 8<<10))
+		}
+		conn, err := net.DialTimeout("unix", c.Socket, time.Second)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	})
+	WaitFor(t, "ctr version", 60*time.Second, 100*time.Millisecond, func() error {
+		_, err := c.CtrE(context.Background(), "", "version")
+		return err
+	})
+}
+
+// BlobFiles lists the regular files under dir/blobs/<algorithm>/ of a content store root,
+// with their sizes, keyed "<algorithm>:<hex>".
+func BlobFiles(t testing.TB, root string) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	algs, err := os.ReadDir(filepath.Join(root, "blobs"))
+	if os.IsNotExist(err) {
+		return out
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, alg := range algs {
+		if !alg.IsDir() {
+			continue
+		}
+		entries, err := os.ReadDir(filepath.Join(root, "blobs", alg.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[alg.Name()+":"+e.Name()] = fi.Size()
+		}
+	}
+	return out
+}
+
+// ErrStopWaiting, wrapped into the error of a WaitFor condition, ends the wait at once.
+var ErrStopWaiting = errStop

@@ -1,0 +1,99 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Registry is a distribution registry (v3) serving plain HTTP on 127.0.0.1, with filesystem
+// storage in a temporary directory and no authentication.
+type Registry struct {
+	// Host is "127.0.0.1:<port>", the registry part of image references.
+	Host string
+	// URL is "http://" + Host.
+	URL     string
+	Dir     string
+	Process *Process
+}
+
+// StartRegistry starts `registry serve` with a config of its own and waits until /v2/
+// answers.
+func StartRegistry(t testing.TB) *Registry {
+	t.Helper()
+	tools := Tools(t)
+	dir := t.TempDir()
+	storage := filepath.Join(dir, "storage")
+	if err := os.MkdirAll(storage, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	host := FreeAddr(t)
+	// Access lines are off: the counting proxy is the record of requests. The debug server,
+	// health checks, notifications and the upload purger are off too.
+	config := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  formatter: text
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+  secret: blobcache-integration-test
+  headers:
+    X-Content-Type-Options: [nosniff]
+`, storage, host)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(tools.Registry, "serve", cfgPath)
+	cmd.Dir = dir
+	// No OpenTelemetry exporter: the default would try an OTLP collector.
+	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
+	r := &Registry{Host: host, URL: "http://" + host, Dir: dir}
+	r.Process = startProcess(t, "registry-"+host, logPathFor(dir, "registry"), cmd)
+	waitHTTP200(t, r.Process, r.URL+"/v2/", 30*time.Second)
+	return r
+}
+
+// Stop stops the registry process.
+func (r *Registry) Stop() error { return r.Process.Stop() }
+
+// waitHTTP200 polls url until it answers 200, failing fast when the process exits.
+func waitHTTP200(t testing.TB, p *Process, url string, timeout time.Duration) {
+	t.Helper()
+	client := &http.Client{Timeout: 2 * time.Second}
+	WaitFor(t, p.Name+" readiness at "+url, timeout, 50*time.Millisecond, func() error {
+		if exited, err := p.Exited(); exited {
+			return fmt.Errorf("%w: %s exited (%v); log:\n%s", errStop, p.Name, err, TailFile(p.LogPath, 8<<10))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	})
+}
