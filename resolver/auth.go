@@ -91,6 +91,9 @@ func (a *authenticator) authorizeChallenge(ctx context.Context, registry, host s
 	a.mu.Lock()
 	a.known[host] = ch
 	a.mu.Unlock()
+	// Challenges are rare (once per host, then per refused token): a good moment to forget
+	// expired tokens.
+	a.tokens.prune()
 	return a.answer(ctx, registry, ch, cred, scope)
 }
 
