@@ -157,6 +157,10 @@ type tokenResponse struct {
 // and the Docker GET with basic auth when the endpoint does not do POST (as containerd does;
 // some registries answer 400, 401, 404 or 405 to the POST).
 func (a *authenticator) fetchToken(ctx context.Context, realm *url.URL, service string, scopes []string, cred Credential) (fetchedToken, error) {
+	if !cred.hasSecret() {
+		// Anonymous: the GET endpoint without basic auth.
+		return a.getToken(ctx, realm, service, scopes, cred)
+	}
 	status, t, err := a.postToken(ctx, realm, service, scopes, cred)
 	if err == nil {
 		return t, nil
@@ -209,7 +213,9 @@ func (a *authenticator) getToken(ctx context.Context, realm *url.URL, service st
 	if err != nil {
 		return fetchedToken{}, fmt.Errorf("token request to %s: %w", realm.Host, ErrTokenFetch)
 	}
-	req.SetBasicAuth(cred.Username, cred.Password)
+	if cred.Username != "" {
+		req.SetBasicAuth(cred.Username, cred.Password)
+	}
 	_, t, err := a.sendTokenRequest(req, realm)
 	return t, err
 }

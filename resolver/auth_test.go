@@ -232,6 +232,7 @@ type tokenRegistry struct {
 	srv        *httptest.Server
 	user, pass string
 	postOK     bool
+	anonOK     bool
 	tokens     atomic.Int32
 	posts      atomic.Int32
 	gets       atomic.Int32
@@ -286,6 +287,9 @@ func (tr *tokenRegistry) serveToken(w http.ResponseWriter, r *http.Request) {
 	case http.MethodGet:
 		tr.gets.Add(1)
 		u, p, ok := r.BasicAuth()
+		if !ok && tr.anonOK && r.URL.Query().Get("scope") == "repository:app:pull" {
+			break
+		}
 		if !ok || u != tr.user || p != tr.pass || r.URL.Query().Get("scope") != "repository:app:pull" {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -587,5 +591,33 @@ func TestHostsTomlCannotPointAtTheDaemon(t *testing.T) {
 	// Both the mirror and the server are the daemon itself: refused at dial time.
 	if !errors.Is(err, ErrBlockedAddress) {
 		t.Fatalf("request through hosts.toml hosts pointing at the daemon: %v", err)
+	}
+}
+
+func TestAnonymousModeFetchesAnonymousToken(t *testing.T) {
+	tr := newTokenRegistry(t, true)
+	tr.anonOK = true
+	r := newResolver(t, nil)
+	ep, _ := r.Endpoint(tr.host())
+	req := Request{Method: http.MethodHead, Endpoint: ep, Repository: "app", Kind: "manifests", Reference: "v1", Header: http.Header{"Authorization": {"Bearer client-token"}}, Auth: AuthAnonymous}
+	for range 3 {
+		resp, err := r.Do(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("anonymous probe: %d", resp.StatusCode)
+		}
+	}
+	if tr.tokens.Load() != 1 || tr.posts.Load() != 0 {
+		t.Errorf("%d tokens, %d POSTs; want one anonymous GET token", tr.tokens.Load(), tr.posts.Load())
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	for _, a := range tr.seenAuth {
+		if strings.Contains(a, "client-token") {
+			t.Error("client's token sent with an anonymous probe")
+		}
 	}
 }

@@ -119,9 +119,8 @@ func New(opts Options) (*Resolver, error) {
 	if opts.HostsDir != "" {
 		r.hosts = &hostsCache{dir: opts.HostsDir, entries: map[string]hostsEntry{}}
 	}
-	if len(opts.Credentials) > 0 {
-		r.auth = newAuthenticator(opts.Credentials, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
-	}
+	// Without credentials the authenticator still fetches anonymous tokens (AuthAnonymous).
+	r.auth = newAuthenticator(opts.Credentials, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
 	return r, nil
 }
 
@@ -198,6 +197,9 @@ const (
 	// AuthClient: only the client's Authorization, even where the daemon has credentials;
 	// used to check what the client itself may read.
 	AuthClient
+	// AuthAnonymous: no credentials at all; a Bearer challenge is answered with an anonymous
+	// token. Used to find out whether an object is public.
+	AuthAnonymous
 )
 
 // Request is one read from a registry on behalf of a client.
@@ -291,7 +293,10 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 	ctx = context.WithValue(ctx, allowPrivateKey{}, h.allowPrivate)
 
 	cred, daemonAuth := r.auth.credential(ep.Name)
-	daemonAuth = daemonAuth && req.Auth != AuthClient
+	daemonAuth = daemonAuth && req.Auth == AuthDefault
+	if req.Auth == AuthAnonymous {
+		cred, daemonAuth = Credential{}, true
+	}
 	scope := pullScope(req.Repository)
 	var authz authorization
 	if daemonAuth {

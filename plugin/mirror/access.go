@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
@@ -162,6 +163,9 @@ func (h *Handler) checkAccess(q *request, kind, ref string) bool {
 	h.access.remember(key)
 	q.accessChecked = true
 	if dgst, err := digest.Parse(ref); err == nil && dgst.Algorithm() == digest.SHA256 {
+		if q.r.Header.Get("Authorization") != "" || mode != resolver.AuthClient {
+			h.probePublic(q, kind, dgst)
+		}
 		// The registry just agreed to serve this object to this client: a source worth
 		// recording (public if the client showed no credentials at all).
 		src := blobcache.Source{Registry: q.endpoint.Name, Repository: q.target.repo, Private: q.r.Header.Get("Authorization") != "" || mode != resolver.AuthClient}
@@ -187,4 +191,35 @@ func errorBody(status int) []byte {
 		code = "UNAVAILABLE"
 	}
 	return []byte(`{"errors":[{"code":"` + code + `","message":"registry refused access to this object"}]}` + "\n")
+}
+
+// probePublic asks the registry, in the background, whether anyone may read an object that
+// so far was only obtained with credentials: a HEAD with no credentials at all (a Bearer
+// challenge answered with an anonymous token). Public registries hand out anonymous tokens,
+// so containerd's requests carry an Authorization even for public images; without this probe
+// every hit on them would cost a check upstream, and fail while the registry is down.
+func (h *Handler) probePublic(q *request, kind string, dgst digest.Digest) {
+	key := accessKey{registry: q.endpoint.Name, repo: q.target.repo, kind: kind, ref: dgst.String(), credential: "probe"}
+	if _, busy := h.probes.LoadOrStore(key, struct{}{}); busy {
+		return
+	}
+	ep, repo := q.endpoint, q.target.repo
+	ctx := context.WithoutCancel(q.r.Context())
+	go func() {
+		defer h.probes.Delete(key)
+		resp, err := h.resolver.Do(ctx, resolver.Request{
+			Method: http.MethodHead, Endpoint: ep, Repository: repo, Kind: kind,
+			Reference: dgst.String(), Header: http.Header{}, Auth: resolver.AuthAnonymous,
+		})
+		if err != nil {
+			return
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return
+		}
+		if err := h.store.AddSource(ctx, dgst, blobcache.Source{Registry: ep.Name, Repository: repo}); err != nil && !errdefs.IsNotFound(err) {
+			log.G(ctx).WithError(err).Debug("cannot record public source")
+		}
+	}()
 }

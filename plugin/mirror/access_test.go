@@ -56,7 +56,8 @@ func TestPrivateBlobServedOnlyToCheckedClients(t *testing.T) {
 	}
 
 	// The right credentials: from the store, after one HEAD upstream, remembered.
-	getsBefore, headsBefore := fx.upstream.count("GET blobs"), fx.upstream.count("HEAD blobs")
+	// Checks carry the client's Authorization; the anonymous probes (refused here) do not.
+	getsBefore, headsBefore := fx.upstream.count("GET blobs"), fx.upstream.count("AUTH HEAD blobs")
 	for range 3 {
 		resp, got := fx.do(http.MethodGet, path, good)
 		if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || !bytes.Equal(got, data) {
@@ -66,13 +67,13 @@ func TestPrivateBlobServedOnlyToCheckedClients(t *testing.T) {
 	if n := fx.upstream.count("GET blobs") - getsBefore; n != 0 {
 		t.Errorf("%d upstream blob GETs for hits", n)
 	}
-	if n := fx.upstream.count("HEAD blobs") - headsBefore; n != 1 {
+	if n := fx.upstream.count("AUTH HEAD blobs") - headsBefore; n != 1 {
 		t.Errorf("%d upstream HEAD checks for 3 hits within the TTL, want 1", n)
 	}
 	// After the TTL the check is made again.
 	fx.clock.Add(int64(2 * time.Minute))
 	fx.do(http.MethodGet, path, good)
-	if n := fx.upstream.count("HEAD blobs") - headsBefore; n != 2 {
+	if n := fx.upstream.count("AUTH HEAD blobs") - headsBefore; n != 2 {
 		t.Errorf("%d upstream HEAD checks after the TTL, want 2", n)
 	}
 
@@ -138,5 +139,35 @@ func TestRateLimitedTagServedStale(t *testing.T) {
 	resp, _ = fx.do(http.MethodGet, "/v2/app/manifests/v2", nil)
 	if resp.StatusCode != http.StatusTooManyRequests || time.Since(start) > 5*time.Second {
 		t.Fatalf("429 for an unknown tag: %d after %v", resp.StatusCode, time.Since(start))
+	}
+}
+
+// TestAnonymouslyReadableObjectBecomesPublic: a blob first fetched with a token (as
+// containerd's anonymous bearer tokens are) is probed without credentials; once the registry
+// serves it to anyone, it is public and served even while the registry is down.
+func TestAnonymouslyReadableObjectBecomesPublic(t *testing.T) {
+	fx := newFixture(t)
+	dgst, data := fx.upstream.addBlob(8<<10, 14)
+	path := "/v2/app/blobs/" + dgst.String()
+	fx.do(http.MethodGet, path, map[string]string{"Authorization": "Bearer anon-token-1"})
+	waitCommitted(t, fx, dgst)
+	if info, _ := fx.store.Info(context.Background(), dgst); isPublic(info) {
+		t.Fatal("blob fetched with a token recorded public before any probe")
+	}
+	// Another client with a token: checked upstream, served, and the probe starts.
+	resp, got := fx.do(http.MethodGet, path, map[string]string{"Authorization": "Bearer anon-token-2"})
+	if resp.StatusCode != 200 || !bytes.Equal(got, data) {
+		t.Fatalf("checked hit: %d", resp.StatusCode)
+	}
+	waitFor(t, func() bool {
+		info, _ := fx.store.Info(context.Background(), dgst)
+		return isPublic(info)
+	})
+	fx.upstream.mu.Lock()
+	fx.upstream.down = true
+	fx.upstream.mu.Unlock()
+	resp, got = fx.do(http.MethodGet, path, map[string]string{"Authorization": "Bearer anon-token-3"})
+	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || !bytes.Equal(got, data) {
+		t.Fatalf("public hit with the registry down: %d", resp.StatusCode)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -56,6 +57,8 @@ type Handler struct {
 	maxManifestSize int64
 	now             func() time.Time
 	access          *accessCache
+	// probes holds the anonymous probes in flight (see probePublic), one per object.
+	probes sync.Map
 }
 
 // New returns a Handler.

@@ -87,6 +87,9 @@ func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request) {
 		kind = "manifests"
 	}
 	f.requests[r.Method+" "+kind]++
+	if r.Header.Get("Authorization") != "" {
+		f.requests["AUTH "+r.Method+" "+kind]++
+	}
 	down, downStatus, auth, corrupt, gate := f.down, f.downStatus, f.requireAuth, f.corrupt, f.gate
 	ref := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 	manifest, hasManifest := f.manifests[ref]
