@@ -36,10 +36,25 @@ type blobRecord struct {
 	Held bool `json:"held,omitempty"`
 }
 
+// sourceRecord is one (registry, repository) a blob was obtained from. Anonymous is the
+// authoritative flag: only a record that says "anonymous": true counts as public. Records
+// written before the flag existed (with "private" alone, or nothing) read as private: their
+// origin cannot be proven, and a private object is only served after an upstream check of
+// the client, so the safe reading costs a HEAD at worst. Private is still written as the
+// negation, for older readers.
 type sourceRecord struct {
 	Registry   string `json:"registry"`
 	Repository string `json:"repository"`
 	Private    bool   `json:"private,omitempty"`
+	Anonymous  bool   `json:"anonymous,omitempty"`
+}
+
+func newSourceRecord(s Source) sourceRecord {
+	return sourceRecord{Registry: s.Registry, Repository: s.Repository, Private: s.Private, Anonymous: !s.Private}
+}
+
+func (r sourceRecord) source() Source {
+	return Source{Registry: r.Registry, Repository: r.Repository, Private: !r.Anonymous}
 }
 
 type tagRecord struct {
@@ -58,7 +73,7 @@ func (r *blobRecord) info(dgst digest.Digest) BlobInfo {
 		Held:      r.Held,
 	}
 	for _, s := range r.Sources {
-		info.Sources = append(info.Sources, Source(s))
+		info.Sources = append(info.Sources, s.source())
 	}
 	return info
 }
@@ -74,13 +89,13 @@ func (r *blobRecord) addSource(src Source) bool {
 		if s.Registry != src.Registry || s.Repository != src.Repository {
 			continue
 		}
-		if s.Private && !src.Private {
-			r.Sources[i].Private = false
+		if !s.Anonymous && !src.Private {
+			r.Sources[i] = newSourceRecord(src)
 			return true
 		}
 		return false
 	}
-	r.Sources = append(r.Sources, sourceRecord(src))
+	r.Sources = append(r.Sources, newSourceRecord(src))
 	return true
 }
 

@@ -68,6 +68,13 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	opts := resolver.OptionsFromConfig(cfg.Upstream)
 	opts.UserAgent = "containerd-blobcache/" + version.Version
 	opts.SelfAddresses = []string{ln.Addr().String()}
+	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
+	if err != nil {
+		ln.Close()
+		closeContent()
+		store.Close()
+		return nil, err
+	}
 	res, err := resolver.New(opts)
 	if err != nil {
 		ln.Close()
@@ -81,6 +88,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		DefaultRegistry: cfg.Mirror.DefaultRegistry,
 		TagFreshness:    cfg.Store.TagFreshness.D(),
 		MaxManifestSize: cfg.Store.MaxManifestSize,
+		AccessCheckTTL:  cfg.Upstream.PrivateAccessTTL.D(),
 	})
 	if err != nil {
 		ln.Close()

@@ -1,5 +1,9 @@
 // Package resolver owns everything about upstream registries: which registries a request may
-// name and how each is reached (scheme, docker.io's real host), the HTTP client with its dial,
-// header and stall timeouts, the guard that keeps the daemon from dialling private networks or
-// itself, and the forwarding of the client's credentials. It knows nothing about the disk.
+// name and how each is reached (scheme, docker.io's real host, the daemon's own hosts.toml
+// read with containerd's parser: mirrors in order, TLS, headers, override_path), the HTTP
+// clients with their dial, header and stall timeouts, the guard that keeps the daemon from
+// dialling private networks or itself, redirects (no registry Authorization to another host,
+// one retry when a signed URL has expired), the forwarding of the client's credentials, and
+// the daemon's own credentials: challenge parsing, token fetches (OAuth2 POST, GET fallback)
+// and the token cache. It knows nothing about the disk.
 package resolver

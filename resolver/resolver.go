@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 )
@@ -40,6 +41,11 @@ type Options struct {
 	UserAgent             string
 	// SelfAddresses are the daemon's own listeners; they are never dialled as an upstream.
 	SelfAddresses []string
+	// HostsDir is the daemon's own hosts.toml directory (containerd's certs.d layout); empty
+	// or missing: every registry is reached directly.
+	HostsDir string
+	// Credentials are the daemon's own credentials per registry.
+	Credentials Credentials
 }
 
 // OptionsFromConfig maps the daemon configuration to resolver options.
@@ -51,6 +57,7 @@ func OptionsFromConfig(c config.UpstreamConfig) Options {
 		DialTimeout:           c.DialTimeout.D(),
 		ResponseHeaderTimeout: c.ResponseHeaderTimeout.D(),
 		StallTimeout:          c.StallTimeout.D(),
+		HostsDir:              c.HostsDir,
 	}
 }
 
@@ -58,6 +65,10 @@ func OptionsFromConfig(c config.UpstreamConfig) Options {
 type Resolver struct {
 	opts   Options
 	client *http.Client
+	// hosts is nil without a hosts directory.
+	hosts *hostsCache
+	// auth is nil when the daemon holds no credentials.
+	auth *authenticator
 
 	mu   sync.RWMutex
 	self []netip
@@ -104,19 +115,28 @@ func New(opts Options) (*Resolver, error) {
 		// Blobs are compressed already and must reach the client byte for byte, digest intact.
 		DisableCompression: true,
 	}
-	r.client = &http.Client{
-		Transport: transport,
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			// Registries redirect blobs to object storage, once or twice; more is a loop.
-			if len(via) >= 5 {
-				return fmt.Errorf("stopped after %d redirects: %w", len(via), errdefs.ErrUnavailable)
-			}
-			// net/http already drops Authorization when the redirect leaves the registry's
-			// host; the loop marker goes along so a redirect back to a mirror is caught too.
-			return nil
-		},
+	r.client = &http.Client{Transport: transport, CheckRedirect: checkRedirect}
+	if opts.HostsDir != "" {
+		r.hosts = &hostsCache{dir: opts.HostsDir, entries: map[string]hostsEntry{}}
 	}
+	// Without credentials the authenticator still fetches anonymous tokens (AuthAnonymous).
+	r.auth = newAuthenticator(opts.Credentials, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
 	return r, nil
+}
+
+// checkRedirect is the redirect policy of every upstream client.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	// Registries redirect blobs to object storage, once or twice; more is a loop.
+	if len(via) >= 5 {
+		return fmt.Errorf("stopped after %d redirects: %w", len(via), errdefs.ErrUnavailable)
+	}
+	// The registry's Authorization is for the registry: net/http keeps it for subdomains
+	// (s3.registry.example.com), the daemon keeps it for the very same host only. The loop
+	// marker goes along, so a redirect back to a mirror is caught too.
+	if req.URL.Host != via[0].URL.Host {
+		req.Header.Del("Authorization")
+	}
+	return nil
 }
 
 // SetSelfAddresses records the daemon's own listener addresses (host:port) for the loop guard.
@@ -167,6 +187,21 @@ func (r *Resolver) Endpoint(ns string) (Endpoint, error) {
 	}, nil
 }
 
+// AuthMode says whose credentials a request carries upstream.
+type AuthMode int
+
+const (
+	// AuthDefault: the daemon's own credentials for registries it has some, else the
+	// client's Authorization (passthrough).
+	AuthDefault AuthMode = iota
+	// AuthClient: only the client's Authorization, even where the daemon has credentials;
+	// used to check what the client itself may read.
+	AuthClient
+	// AuthAnonymous: no credentials at all; a Bearer challenge is answered with an anonymous
+	// token. Used to find out whether an object is public.
+	AuthAnonymous
+)
+
 // Request is one read from a registry on behalf of a client.
 type Request struct {
 	Method     string
@@ -179,32 +214,149 @@ type Request struct {
 	Header http.Header
 	// Range, when set, replaces the client's Range header ("bytes=N-").
 	Range string
+	Auth  AuthMode
 }
 
 type allowPrivateKey struct{}
 
-// Do sends the request upstream. The response body, if any, is guarded by the stall timeout:
-// a read that waits longer than that for a byte fails. Transport failures are wrapped around
+// HasCredentials reports whether the daemon answers this registry's challenges itself.
+func (r *Resolver) HasCredentials(registry string) bool {
+	_, ok := r.auth.credential(registry)
+	return ok
+}
+
+// NodePublic reports whether what the daemon fetched from registry with its own credentials
+// may be served to any client of this node (credentials file: node_public = true).
+func (r *Resolver) NodePublic(registry string) bool {
+	c, ok := r.auth.credential(registry)
+	return ok && c.NodePublic
+}
+
+// Do sends the request upstream: to each host of the registry's hosts.toml in order (a host
+// that fails, or answers 404, 429 or 5xx, passes the request to the next), or to the registry
+// itself. The response body, if any, is guarded by the stall timeout: a read that waits
+// longer than that for a byte fails. Transport failures are wrapped around
 // errdefs.ErrUnavailable.
 func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) {
 	if req.Kind != "manifests" && req.Kind != "blobs" {
 		return nil, fmt.Errorf("kind %q: %w", req.Kind, errdefs.ErrInvalidArgument)
 	}
-	u := url.URL{
-		Scheme: req.Endpoint.Scheme,
-		Host:   req.Endpoint.Host,
-		Path:   "/v2/" + req.Repository + "/" + req.Kind + "/" + req.Reference,
+	hosts, err := r.hostsFor(ctx, req.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
-	ctx, cancel := context.WithCancel(context.WithValue(ctx, allowPrivateKey{}, req.Endpoint.AllowPrivate))
+	byTag := req.Kind == "manifests" && !strings.Contains(req.Reference, ":")
+	var usable []upstreamHost
+	for _, h := range hosts {
+		if (byTag && h.resolve) || (!byTag && h.pull) {
+			usable = append(usable, h)
+		}
+	}
+	if len(usable) == 0 {
+		return nil, fmt.Errorf("no host in hosts.toml of %s may serve this request: %w", req.Endpoint.Name, errdefs.ErrUnavailable)
+	}
+	for i, h := range usable {
+		resp, err := r.doHost(ctx, h, req)
+		if i == len(usable)-1 {
+			return resp, err
+		}
+		if err == nil {
+			if s := resp.StatusCode; s != http.StatusNotFound && s != http.StatusTooManyRequests && s < 500 {
+				return resp, nil
+			}
+			resp.Body.Close()
+		}
+		entry := log.G(ctx).WithFields(log.Fields{"registry": req.Endpoint.Name, "host": h.host})
+		if err != nil {
+			entry = entry.WithError(err)
+		} else {
+			entry = entry.WithField("status", resp.StatusCode)
+		}
+		entry.Debug("upstream host did not serve the request; trying the next one")
+	}
+	panic("unreachable")
+}
+
+// doHost sends req to one host, answering the registry's challenge with the daemon's
+// credentials when it has some (one retry with a fresh token), and asking the registry once
+// more when the object storage it redirected to refuses (an expired signed URL).
+func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*http.Response, error) {
+	ep := req.Endpoint
+	u := url.URL{
+		Scheme: h.scheme,
+		Host:   h.host,
+		Path:   h.path + "/" + req.Repository + "/" + req.Kind + "/" + req.Reference,
+	}
+	if h.mirror {
+		u.RawQuery = url.Values{"ns": {ep.Name}}.Encode()
+	}
+	ctx = context.WithValue(ctx, allowPrivateKey{}, h.allowPrivate)
+
+	cred, daemonAuth := r.auth.credential(ep.Name)
+	daemonAuth = daemonAuth && req.Auth == AuthDefault
+	if req.Auth == AuthAnonymous {
+		cred, daemonAuth = Credential{}, true
+	}
+	scope := pullScope(req.Repository)
+	var authz authorization
+	if daemonAuth {
+		authz, _ = r.auth.authorizeKnown(ctx, ep.Name, h.host, cred, scope)
+	}
+	challenged, redirectRetried := false, false
+	for {
+		resp, err := r.send(ctx, h, u, req, daemonAuth, authz.value)
+		if err != nil {
+			return nil, err
+		}
+		redirected := resp.Request != nil && resp.Request.URL.Host != u.Host
+		switch {
+		case redirected && !redirectRetried && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden):
+			redirectRetried = true
+			log.G(ctx).WithFields(log.Fields{"registry": ep.Name, "target": resp.Request.URL.Host, "status": resp.StatusCode}).Info("redirect target refused; asking the registry again")
+			resp.Body.Close()
+			continue
+		case !redirected && daemonAuth && resp.StatusCode == http.StatusUnauthorized:
+			r.auth.dropRefused(authz)
+			if challenged {
+				return resp, nil
+			}
+			challenged = true
+			next, aerr := r.auth.authorizeChallenge(ctx, ep.Name, h.host, cred, scope, ParseChallenges(resp.Header))
+			if aerr != nil {
+				log.G(ctx).WithError(aerr).WithField("registry", ep.Name).Warn("cannot authenticate with the daemon's credentials")
+				return resp, nil
+			}
+			resp.Body.Close()
+			authz = next
+			continue
+		}
+		return resp, nil
+	}
+}
+
+// send makes one request to one host.
+func (r *Resolver) send(ctx context.Context, h upstreamHost, u url.URL, req Request, daemonAuth bool, authorization string) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	hreq, err := http.NewRequestWithContext(ctx, req.Method, u.String(), nil)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("build upstream request: %w", errdefs.ErrInvalidArgument)
 	}
-	for _, h := range forwardedHeaders {
-		if v := req.Header.Values(h); len(v) > 0 {
-			hreq.Header[h] = append([]string(nil), v...)
+	for k, v := range h.header {
+		hreq.Header[k] = append([]string(nil), v...)
+	}
+	for _, k := range forwardedHeaders {
+		if daemonAuth && k == "Authorization" {
+			// The client's token is for the registry's realm as the client saw it; the
+			// daemon speaks for itself here.
+			continue
 		}
+		if v := req.Header.Values(k); len(v) > 0 {
+			hreq.Header[k] = append([]string(nil), v...)
+		}
+	}
+	if authorization != "" {
+		hreq.Header.Set("Authorization", authorization)
 	}
 	if req.Range != "" {
 		hreq.Header.Set("Range", req.Range)
@@ -212,7 +364,7 @@ func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) 
 	hreq.Header.Set("User-Agent", r.opts.UserAgent)
 	hreq.Header.Set(LoopHeader, "1")
 
-	resp, err := r.client.Do(hreq)
+	resp, err := h.client.Do(hreq)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), unwrapURLError(err), errdefs.ErrUnavailable)

@@ -157,6 +157,7 @@ func TestIsRestricted(t *testing.T) {
 	for ip, want := range map[string]bool{
 		"127.0.0.1": true, "10.1.2.3": true, "172.16.0.1": true, "192.168.1.1": true, "169.254.169.254": true,
 		"100.100.100.200": true, "0.0.0.0": true, "::1": true, "fe80::1": true, "fd00::1": true,
+		"::ffff:127.0.0.1": true, "::ffff:169.254.169.254": true, "fd00:ec2::254": true, "224.0.0.1": true,
 		"8.8.8.8": false, "2001:4860::8888": false, "100.128.0.1": false,
 	} {
 		if got := isRestricted(net.ParseIP(ip)); got != want {

@@ -58,6 +58,8 @@ type DaemonConfig struct {
 
 	// Registries are "host:port" entries added to both PlainHTTP and AllowPrivateNetworks.
 	Registries []string
+	// UpstreamExtra is written verbatim inside [upstream] (credentials_file, hosts_dir...).
+	UpstreamExtra string
 	// Extra is appended to the generated file verbatim (for options newer than this struct).
 	Extra string
 }
@@ -75,6 +77,9 @@ func (c DaemonConfig) TOML() string {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, "%s = %s\n", kv[0], tomlString(kv[1]))
 		}
+	}
+	if c.UpstreamExtra != "" {
+		b.WriteString(c.UpstreamExtra + "\n")
 	}
 	b.WriteString("\n[store]\n")
 	if c.TagFreshness != "" {

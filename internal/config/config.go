@@ -64,7 +64,20 @@ type UpstreamConfig struct {
 	DialTimeout           Duration `toml:"dial_timeout"`
 	ResponseHeaderTimeout Duration `toml:"response_header_timeout"`
 	StallTimeout          Duration `toml:"stall_timeout"`
+	// HostsDir is the daemon's own hosts.toml directory (containerd's certs.d layout).
+	HostsDir string `toml:"hosts_dir"`
+	// CredentialsFile holds the daemon's own registry credentials (TOML, see README).
+	CredentialsFile string `toml:"credentials_file"`
+	// DockerConfig is a Docker config.json whose "auths" are read as credentials too.
+	DockerConfig string `toml:"docker_config"`
+	// PrivateAccessTTL is how long a client's upstream-checked right to read a private
+	// object is remembered.
+	PrivateAccessTTL Duration `toml:"private_access_ttl"`
 }
+
+// DefaultHostsDir is the daemon's own hosts.toml directory. It is deliberately not
+// containerd's /etc/containerd/certs.d, whose files point containerd at this daemon.
+const DefaultHostsDir = "/etc/containerd-blobcache/certs.d"
 
 // StoreConfig configures the blob store and its index.
 type StoreConfig struct {
@@ -89,6 +102,8 @@ func Default() Config {
 			DialTimeout:           Duration(5 * time.Second),
 			ResponseHeaderTimeout: Duration(30 * time.Second),
 			StallTimeout:          Duration(15 * time.Second),
+			HostsDir:              DefaultHostsDir,
+			PrivateAccessTTL:      Duration(time.Minute),
 		},
 		Store: StoreConfig{
 			TagFreshness: Duration(time.Minute),
@@ -178,6 +193,7 @@ func (c Config) Validate() error {
 		{"upstream.dial_timeout", c.Upstream.DialTimeout},
 		{"upstream.response_header_timeout", c.Upstream.ResponseHeaderTimeout},
 		{"upstream.stall_timeout", c.Upstream.StallTimeout},
+		{"upstream.private_access_ttl", c.Upstream.PrivateAccessTTL},
 		{"store.tag_freshness", c.Store.TagFreshness},
 		{"content.shutdown_timeout", c.Content.ShutdownTimeout},
 	} {
@@ -201,6 +217,20 @@ func (c Config) Validate() error {
 				return bad(list.key, "pattern %q: %v", p, err)
 			}
 		}
+	}
+	for _, f := range []struct{ key, path string }{
+		{"upstream.hosts_dir", c.Upstream.HostsDir},
+		{"upstream.credentials_file", c.Upstream.CredentialsFile},
+		{"upstream.docker_config", c.Upstream.DockerConfig},
+	} {
+		if f.path != "" && !path.IsAbs(f.path) {
+			return bad(f.key, "%q is not an absolute path", f.path)
+		}
+	}
+	if d := path.Clean(c.Upstream.HostsDir); d == "/etc/containerd/certs.d" {
+		// containerd's hosts.toml files send containerd to this daemon; read by the daemon
+		// they would send it to itself.
+		return bad("upstream.hosts_dir", "%q is containerd's directory; the daemon needs its own", c.Upstream.HostsDir)
 	}
 	if c.Store.MaxManifestSize <= 0 || c.Store.MaxManifestSize > 64<<20 {
 		return bad("store.max_manifest_size", "%d is not between 1 and 67108864 bytes", c.Store.MaxManifestSize)

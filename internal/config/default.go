@@ -49,6 +49,26 @@ log_level = "info"
   # A download that receives no byte for this long is abandoned and its clients cut.
   stall_timeout = "15s"
 
+  # The daemon's own per-registry host configuration, in containerd's hosts.toml format and
+  # layout (<dir>/<registry>/hosts.toml, certificate files next to it): CA and client
+  # certificates, skip_verify, plain http, upstream mirrors in order, override_path, headers.
+  # Never containerd's /etc/containerd/certs.d. A missing directory: registries are reached
+  # directly.
+  hosts_dir = "/etc/containerd-blobcache/certs.d"
+
+  # TOML file with the daemon's own registry credentials (see README "Private registries and
+  # credentials"); the daemon then answers those registries' Basic and Bearer challenges
+  # itself. Empty: none; clients' own credentials pass through.
+  credentials_file = ""
+
+  # A Docker config.json whose "auths" are read as credentials too (credentials_file wins).
+  docker_config = ""
+
+  # A cached object obtained only with credentials is served to a client only after the
+  # client's own credentials were accepted upstream for that repository and object (a
+  # HEAD); the answer is remembered this long.
+  private_access_ttl = "1m"
+
 [store]
   # A tag is answered from the index for this long after it was fetched; after that it is
   # revalidated upstream (a HEAD). Content addressed by digest never expires by time.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -40,6 +41,9 @@ type Options struct {
 	DefaultRegistry string
 	TagFreshness    time.Duration
 	MaxManifestSize int64
+	// AccessCheckTTL is how long an upstream check of a client's right to read a private
+	// object is remembered (default one minute).
+	AccessCheckTTL time.Duration
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -52,6 +56,9 @@ type Handler struct {
 	tagFreshness    time.Duration
 	maxManifestSize int64
 	now             func() time.Time
+	access          *accessCache
+	// probes holds the anonymous probes in flight (see probePublic), one per object.
+	probes sync.Map
 }
 
 // New returns a Handler.
@@ -65,6 +72,9 @@ func New(opts Options) (*Handler, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.AccessCheckTTL <= 0 {
+		opts.AccessCheckTTL = time.Minute
+	}
 	return &Handler{
 		store:           opts.Store,
 		resolver:        opts.Resolver,
@@ -72,6 +82,7 @@ func New(opts Options) (*Handler, error) {
 		tagFreshness:    opts.TagFreshness,
 		maxManifestSize: opts.MaxManifestSize,
 		now:             opts.Now,
+		access:          newAccessCache(opts.AccessCheckTTL, opts.Now),
 	}, nil
 }
 
@@ -81,12 +92,17 @@ type request struct {
 	w        *recorder
 	target   target
 	endpoint resolver.Endpoint
+	// daemonCredentials: upstream requests carry the daemon's credentials.
+	daemonCredentials bool
+	// accessChecked is set once the registry accepted this client for the requested object.
+	accessChecked bool
 }
 
 func (q *request) source() blobcache.Source {
-	// An object fetched with the client's credentials may be private; one fetched without
-	// was readable anonymously.
-	return blobcache.Source{Registry: q.endpoint.Name, Repository: q.target.repo, Private: q.r.Header.Get("Authorization") != ""}
+	// An object fetched with the client's or the daemon's credentials may be private; one
+	// fetched without was readable anonymously.
+	private := q.r.Header.Get("Authorization") != "" || q.daemonCredentials
+	return blobcache.Source{Registry: q.endpoint.Name, Repository: q.target.repo, Private: private}
 }
 
 func (q *request) upstream(method string) resolver.Request {
@@ -162,7 +178,11 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q.endpoint = ep
+	q.daemonCredentials = h.resolver.HasCredentials(ep.Name)
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if h.clientMustProve(q) && !h.checkAccess(q, string(t.kind), t.reference()) {
+		return
+	}
 
 	if t.kind == kindManifest {
 		h.serveManifest(q)
@@ -422,9 +442,19 @@ func (h *Handler) serveBlob(q *request) {
 
 	meta := blobcache.FillMeta{MediaType: "application/octet-stream", Source: q.source()}
 	for attempt := 0; ; attempt++ {
-		fill, err := h.store.Fill(ctx, q.target.dgst, meta, h.fetchBlob(q))
+		started := false
+		fetch := h.fetchBlob(q)
+		fill, err := h.store.Fill(ctx, q.target.dgst, meta, func(ctx context.Context) (blobcache.Upstream, error) {
+			started = true
+			return fetch(ctx)
+		})
 		switch {
 		case err == nil:
+			// A client that joined another's download has shown the registry nothing yet;
+			// the blob may be private (see access.go).
+			if !started && !q.accessChecked && !h.checkAccess(q, string(kindBlob), q.target.dgst.String()) {
+				return
+			}
 			h.serveFill(q, fill)
 			return
 		case errdefs.IsAlreadyExists(err):
@@ -599,18 +629,21 @@ func (h *Handler) serveStored(q *request, dgst digest.Digest, result string, man
 	} else {
 		mediaType = "application/octet-stream"
 	}
+	kind := kindBlob
+	if manifest {
+		kind = kindManifest
+	}
+	if !h.mayServeStored(q, info, string(kind)) {
+		return true
+	}
 	hdr := q.w.Header()
 	hdr.Set("Content-Type", mediaType)
 	hdr.Set("Docker-Content-Digest", dgst.String())
 	hdr.Set("Etag", `"`+dgst.String()+`"`)
 	hdr.Set(ResultHeader, result)
 	q.w.result = result
+	// No source is recorded here: serving from the store proves nothing about the registry.
 	http.ServeContent(q.w, q.r, "", time.Time{}, f)
-	if src := q.source(); !manifest || q.target.tag == "" {
-		if err := h.store.AddSource(ctx, dgst, src); err != nil && !errdefs.IsNotFound(err) {
-			log.G(ctx).WithError(err).Debug("cannot record blob source")
-		}
-	}
 	return true
 }
 

@@ -41,8 +41,9 @@ type fakeRegistry struct {
 	corrupt bool
 	// requireAuth answers 401 with a challenge to requests without this Authorization.
 	requireAuth string
-	// down answers 503 to everything.
-	down bool
+	// down answers 503 (or downStatus when set) to everything.
+	down       bool
+	downStatus int
 }
 
 func newFakeRegistry(t *testing.T) *fakeRegistry {
@@ -86,13 +87,19 @@ func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request) {
 		kind = "manifests"
 	}
 	f.requests[r.Method+" "+kind]++
-	down, auth, corrupt, gate := f.down, f.requireAuth, f.corrupt, f.gate
+	if r.Header.Get("Authorization") != "" {
+		f.requests["AUTH "+r.Method+" "+kind]++
+	}
+	down, downStatus, auth, corrupt, gate := f.down, f.downStatus, f.requireAuth, f.corrupt, f.gate
 	ref := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 	manifest, hasManifest := f.manifests[ref]
 	blob, hasBlob := f.blobs[digest.Digest(ref)]
 	f.mu.Unlock()
 
 	switch {
+	case down && downStatus != 0:
+		w.WriteHeader(downStatus)
+		return
 	case down:
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
