@@ -40,6 +40,9 @@ type Options struct {
 	UserAgent             string
 	// SelfAddresses are the daemon's own listeners; they are never dialled as an upstream.
 	SelfAddresses []string
+	// ObserveUpstream, when set, is told of every upstream request: kind, method, status
+	// (0 when no response came) and the time to the response headers (for metrics).
+	ObserveUpstream func(kind, method string, status int, d time.Duration)
 }
 
 // OptionsFromConfig maps the daemon configuration to resolver options.
@@ -212,7 +215,15 @@ func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) 
 	hreq.Header.Set("User-Agent", r.opts.UserAgent)
 	hreq.Header.Set(LoopHeader, "1")
 
+	sent := time.Now()
 	resp, err := r.client.Do(hreq)
+	if r.opts.ObserveUpstream != nil {
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+		}
+		r.opts.ObserveUpstream(req.Kind, req.Method, status, time.Since(sent))
+	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), unwrapURLError(err), errdefs.ErrUnavailable)
