@@ -106,7 +106,9 @@ func (c configCheck) analyze(text string) ([]Finding, []func([]string) ([]string
 		add(Finding{
 			Problem: fmt.Sprintf("%s.mirrors is set for %s: containerd refuses mirrors together with config_path (the CRI plugin does not start), and never uses both", regName, strings.Join(names, ", ")),
 			Fix:     "comment out the registry.mirrors tables (hosts.toml replaces them)",
-		}, func(lines []string) ([]string, error) { return commentOutTables(lines, append(regKey, "mirrors"), names) })
+		}, func(lines []string) ([]string, error) {
+			return commentOutTables(lines, append(regKey, "mirrors"), names)
+		})
 	}
 	if c.mode != ModeProxy {
 		return findings, fixes, nil
