@@ -110,3 +110,12 @@ func (s *Server) stopping(ctx context.Context) {
 		log.G(ctx).WithError(err).Warn("cannot notify systemd of shutdown")
 	}
 }
+
+// Observer is where components report what the mirror middleware cannot see (token fetches,
+// evictions). It is never nil; with the metrics listener disabled it records nothing.
+func (s *Server) Observer() metrics.Observer {
+	if s.ops == nil {
+		return (*metrics.Metrics)(nil)
+	}
+	return s.ops.metrics
+}
