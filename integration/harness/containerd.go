@@ -242,7 +242,11 @@ func (c *Containerd) CtrE(ctx context.Context, ns string, args ...string) (strin
 		full = append(full, "--namespace", ns)
 	}
 	full = append(full, args...)
-	cmd := exec.CommandContext(ctx, c.ctr, full...)
+	ctr := c.ctr
+	if ctr == "" {
+		ctr = c.tools.Ctr
+	}
+	cmd := exec.CommandContext(ctx, ctr, full...)
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout

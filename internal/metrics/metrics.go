@@ -15,7 +15,8 @@ import (
 // Namespace prefixes every metric name.
 const Namespace = "containerd_blobcache"
 
-// Surfaces: how the request reached the daemon.
+// Surfaces: how the request reached the daemon. Only the mirror is measured so far; the
+// content API (proxy mode) will report as SurfaceContent.
 const (
 	SurfaceMirror  = "mirror"
 	SurfaceContent = "content"
