@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -96,12 +97,29 @@ func assertNoSecretsInLog(t *testing.T, d *harness.Daemon) {
 	if len(data) == 0 {
 		t.Fatal("daemon log is empty: nothing was checked")
 	}
-	log := string(data)
+	assertNoSecretsIn(t, "daemon log", string(data))
+	if d.MetricsURL == "" {
+		t.Fatal("daemon has no metrics listener: its metrics were not checked for secrets")
+	}
+	resp, err := d.Client.Get(d.MetricsURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	metrics, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertNoSecretsIn(t, "daemon metrics", string(metrics))
+}
+
+// assertNoSecretsIn fails when text holds the test password, its Basic encoding or a JWT.
+func assertNoSecretsIn(t *testing.T, what, text string) {
+	t.Helper()
 	basic := base64.StdEncoding.EncodeToString([]byte(authUser + ":" + authPassword))
 	for _, secret := range []string{authPassword, basic, "eyJ"} {
-		if strings.Contains(log, secret) {
-			i := strings.Index(log, secret)
-			t.Errorf("daemon log contains a secret (%q...) near: %q", secret[:3], log[max(0, i-200):i])
+		if i := strings.Index(text, secret); i >= 0 {
+			t.Errorf("%s contains a secret (%q...) near: %q", what, secret[:3], text[max(0, i-200):i])
 		}
 	}
 }
@@ -226,6 +244,8 @@ func TestCtrPullPrivateImageDaemonCredentials(t *testing.T) {
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{HostsDir: e.hostsDir})
 	ref := harness.Ref(e.origin.proxy.Host, privateRepo, "v1")
 	e.ts.Reset()
+	const tokenFetches = "containerd_blobcache_token_fetches_total"
+	fetchesBefore := metricValue(scrape(t, e.daemon), tokenFetches, nil)
 
 	const pulls = 20
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -258,6 +278,9 @@ func TestCtrPullPrivateImageDaemonCredentials(t *testing.T) {
 	}
 	if refused != 0 || requests["repository:"+privateRepo+":pull"] != 1 {
 		t.Errorf("token requests %v (refused %d)", requests, refused)
+	}
+	if got := metricValue(scrape(t, e.daemon), tokenFetches, nil) - fetchesBefore; got != float64(total) {
+		t.Errorf("%s grew by %v during the pulls; the token server answered %d requests", tokenFetches, got, total)
 	}
 	c := e.origin.proxy.Snapshot()
 	if direct := c.Direct(); len(direct.Requests) != 0 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
@@ -27,6 +28,9 @@ type Server struct {
 	mirrorServer   *http.Server
 	// content is nil when the content API is disabled.
 	content *content.Service
+	// ops is the metrics and health listener (see ops.go); nil when disabled.
+	ops    *opsServer
+	health *metrics.Health
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -37,7 +41,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	}
 	store, err := blobcache.Open(ctx, blobcache.Options{Root: cfg.Root})
 	if err != nil {
-		return nil, fmt.Errorf("open store in %s: %w", cfg.Root, err)
+		return nil, fmt.Errorf("open store in %s (root): %w", cfg.Root, err)
 	}
 	// The content socket comes first: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
@@ -45,7 +49,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		cln, err := content.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
 		if err != nil {
 			store.Close()
-			return nil, fmt.Errorf("content socket: %w", err)
+			return nil, fmt.Errorf("content socket %s (content.address): %w", cfg.Content.Address, err)
 		}
 		contentSvc, err = content.NewService(ctx, store, cln)
 		if err != nil {
@@ -65,18 +69,32 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		store.Close()
 		return nil, fmt.Errorf("mirror listener on %s: %w", cfg.Mirror.Address, err)
 	}
-	opts := resolver.OptionsFromConfig(cfg.Upstream)
-	opts.UserAgent = "containerd-blobcache/" + version.Version
-	opts.SelfAddresses = []string{ln.Addr().String()}
-	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
+	health := &metrics.Health{}
+	ops, err := newOpsServer(ctx, cfg.Metrics, store, health)
 	if err != nil {
 		ln.Close()
 		closeContent()
 		store.Close()
 		return nil, err
 	}
+	opts := resolver.OptionsFromConfig(cfg.Upstream)
+	opts.UserAgent = "containerd-blobcache/" + version.Version
+	opts.SelfAddresses = []string{ln.Addr().String()}
+	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
+	if err != nil {
+		ops.close()
+		ln.Close()
+		closeContent()
+		store.Close()
+		return nil, err
+	}
+	if ops != nil {
+		opts.ObserveUpstream = ops.metrics.UpstreamResponded
+		opts.ObserveTokenFetch = ops.metrics.TokenFetched
+	}
 	res, err := resolver.New(opts)
 	if err != nil {
+		ops.close()
 		ln.Close()
 		closeContent()
 		store.Close()
@@ -91,13 +109,14 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		AccessCheckTTL:  cfg.Upstream.PrivateAccessTTL.D(),
 	})
 	if err != nil {
+		ops.close()
 		ln.Close()
 		closeContent()
 		store.Close()
 		return nil, err
 	}
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           ops.instrumentMirror(handler),
 		ReadHeaderTimeout: cfg.Mirror.ReadTimeout.D(),
 		// Requests are small; nothing legitimate needs more than this in headers.
 		MaxHeaderBytes: 64 << 10,
@@ -105,7 +124,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		// Requests must outlive the signal that starts a shutdown: Shutdown waits for them.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc}, nil
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -137,7 +156,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { contentErr <- s.content.Serve() }()
 		fields["content"] = s.content.Address()
 	}
+	if s.ops != nil {
+		s.ops.serve(ctx)
+		fields["metrics"] = s.ops.address()
+	}
 	log.G(ctx).WithFields(fields).Info("containerd-blobcache serving")
+	// Every listener was bound in New and is being served: connections are accepted.
+	s.ready(ctx)
 
 	var serveErr error
 	select {
@@ -150,6 +175,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		contentErr <- nil
 	}
 	log.G(ctx).Info("shutting down")
+	s.stopping(ctx)
 	base := context.WithoutCancel(ctx)
 	done := make(chan struct{})
 	if s.content != nil {
@@ -182,6 +208,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.store.Close(); err != nil {
 		serveErr = errors.Join(serveErr, fmt.Errorf("close store: %w", err))
 	}
+	s.ops.shutdown(base)
 	if serveErr != nil {
 		return fmt.Errorf("%w: %w", serveErr, errdefs.ErrUnavailable)
 	}
@@ -190,6 +217,7 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // Close releases what New acquired, for a Server that never ran Serve.
 func (s *Server) Close() error {
+	s.ops.close()
 	s.mirrorListener.Close()
 	if s.content != nil {
 		s.content.Close()

@@ -42,6 +42,7 @@ func TestShutdownLetsRequestsFinishAndClosesTheStore(t *testing.T) {
 	cfg := config.Default()
 	cfg.Root = t.TempDir()
 	cfg.Mirror.Address = "127.0.0.1:0"
+	cfg.Metrics.Address = "" // no metrics listener: the default port may be taken
 	cfg.Upstream.PlainHTTP = []string{host}
 	cfg.Upstream.AllowPrivateNetworks = []string{host}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -30,6 +30,8 @@ type authenticator struct {
 	client *http.Client
 	// tokenRequests counts requests sent to token endpoints (tests read it).
 	tokenRequests func()
+	// tokenFetched is told of every token obtained, by registry (metrics).
+	tokenFetched func(registry string)
 
 	mu sync.Mutex
 	// known is the last challenge seen from each registry host, so that later requests carry
@@ -130,7 +132,11 @@ func (a *authenticator) answer(ctx context.Context, registry string, ch Challeng
 	}
 	key := tokenKey{registry: registry, realm: realm.String(), service: ch.Params["service"], scope: strings.Join(scopes, " "), credential: cred.id()}
 	tok, err := a.tokens.get(ctx, key, func(ctx context.Context) (fetchedToken, error) {
-		return a.fetchToken(ctx, realm, ch.Params["service"], scopes, cred)
+		t, err := a.fetchToken(ctx, realm, ch.Params["service"], scopes, cred)
+		if err == nil && a.tokenFetched != nil {
+			a.tokenFetched(registry)
+		}
+		return t, err
 	})
 	if err != nil {
 		return authorization{}, err

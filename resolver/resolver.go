@@ -46,6 +46,12 @@ type Options struct {
 	HostsDir string
 	// Credentials are the daemon's own credentials per registry.
 	Credentials Credentials
+	// ObserveUpstream, when set, is told of every upstream request: kind, method, status
+	// (0 when no response came) and the time to the response headers (for metrics).
+	ObserveUpstream func(kind, method string, status int, d time.Duration)
+	// ObserveTokenFetch, when set, is told of every token the daemon obtained from a
+	// registry's auth realm (for metrics).
+	ObserveTokenFetch func(registry string)
 }
 
 // OptionsFromConfig maps the daemon configuration to resolver options.
@@ -121,6 +127,7 @@ func New(opts Options) (*Resolver, error) {
 	}
 	// Without credentials the authenticator still fetches anonymous tokens (AuthAnonymous).
 	r.auth = newAuthenticator(opts.Credentials, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
+	r.auth.tokenFetched = opts.ObserveTokenFetch
 	return r, nil
 }
 
@@ -364,7 +371,15 @@ func (r *Resolver) send(ctx context.Context, h upstreamHost, u url.URL, req Requ
 	hreq.Header.Set("User-Agent", r.opts.UserAgent)
 	hreq.Header.Set(LoopHeader, "1")
 
+	sent := time.Now()
 	resp, err := h.client.Do(hreq)
+	if r.opts.ObserveUpstream != nil {
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+		}
+		r.opts.ObserveUpstream(req.Kind, req.Method, status, time.Since(sent))
+	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), unwrapURLError(err), errdefs.ErrUnavailable)

@@ -33,7 +33,7 @@ Usage:
       Check a configuration file and print the configuration it results in.
   containerd-blobcache version
       Print the version.
-`
+` + installUsage
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -51,6 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(args[1:], stderr)
 	case "config":
 		err = configCmd(args[1:], stdout, stderr)
+	case "install", "uninstall":
+		err = installCmd(args[0] == "uninstall", args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "containerd-blobcache %s\n", version.Version)
 	case "help", "-h", "--help":

@@ -35,7 +35,23 @@ type ContainerdOptions struct {
 	ContentSharingPolicy string
 	// LogLevel of the daemon, default "info".
 	LogLevel string
+	// Binary and CtrBinary are the containerd and ctr to run; default the pinned 2.4.2 in
+	// the tools directory (DebianContainerd names Debian's 1.6).
+	Binary    string
+	CtrBinary string
+	// ConfigVersion is 3 (containerd 2.x, the default) or 2 (containerd 1.6/1.7: the CRI
+	// plugin's registry config_path is under io.containerd.grpc.v1.cri).
+	ConfigVersion int
+	// EditConfig, when set, is called with the written config.toml before containerd
+	// starts (for example to run `containerd-blobcache install` on it).
+	EditConfig func(path string) error
 }
+
+// Debian's containerd 1.6 package (apt-get install containerd), for compatibility tests.
+const (
+	DebianContainerd = "/usr/bin/containerd"
+	DebianCtr        = "/usr/bin/ctr"
+)
 
 // Containerd is a containerd daemon with everything in one short temporary directory.
 type Containerd struct {
@@ -48,6 +64,7 @@ type Containerd struct {
 	Process *Process
 
 	tools *ToolPaths
+	ctr   string
 }
 
 // pluginsNotNeeded are disabled: pulling, unpacking on overlayfs and the CRI image service
@@ -79,6 +96,23 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	if opts.LogLevel == "" {
 		opts.LogLevel = "info"
 	}
+	if opts.Binary == "" {
+		opts.Binary = tools.Containerd
+	}
+	if opts.CtrBinary == "" {
+		opts.CtrBinary = tools.Ctr
+	}
+	if opts.ConfigVersion == 0 {
+		opts.ConfigVersion = 3
+	}
+	if opts.ConfigVersion != 2 && opts.ConfigVersion != 3 {
+		t.Fatalf("containerd config version %d: the harness writes 2 or 3", opts.ConfigVersion)
+	}
+	for _, bin := range []string{opts.Binary, opts.CtrBinary} {
+		if !isExecutable(bin) {
+			Unavailable(t, "%s not found", bin)
+		}
+	}
 	dir := ShortTempDir(t, "bc-")
 	c := &Containerd{
 		Dir:     dir,
@@ -88,16 +122,26 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 		Config:  filepath.Join(dir, "config.toml"),
 		Options: opts,
 		tools:   tools,
+		ctr:     opts.CtrBinary,
 	}
 	for _, d := range []string{c.Root, c.State, filepath.Join(dir, "tmp"), filepath.Join(dir, "opt"), filepath.Join(dir, "cni", "net.d"), filepath.Join(dir, "cni", "bin")} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(c.Config, []byte(c.configTOML()), 0o644); err != nil {
+	text := c.configTOML()
+	if opts.ConfigVersion == 2 {
+		text = c.configV2TOML()
+	}
+	if err := os.WriteFile(c.Config, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(tools.Containerd, "--config", c.Config)
+	if opts.EditConfig != nil {
+		if err := opts.EditConfig(c.Config); err != nil {
+			t.Fatalf("edit containerd config: %v", err)
+		}
+	}
+	cmd := exec.Command(opts.Binary, "--config", c.Config)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "PATH="+tools.Dir+":"+os.Getenv("PATH"), "TMPDIR="+filepath.Join(dir, "tmp"))
 	// Unmount what containerd may leave mounted (none expected: nothing runs) before the
@@ -198,7 +242,11 @@ func (c *Containerd) CtrE(ctx context.Context, ns string, args ...string) (strin
 		full = append(full, "--namespace", ns)
 	}
 	full = append(full, args...)
-	cmd := exec.CommandContext(ctx, c.tools.Ctr, full...)
+	ctr := c.ctr
+	if ctr == "" {
+		ctr = c.tools.Ctr
+	}
+	cmd := exec.CommandContext(ctx, ctr, full...)
 	cmd.WaitDelay = 5 * time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout

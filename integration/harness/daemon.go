@@ -60,6 +60,9 @@ type DaemonConfig struct {
 	Registries []string
 	// UpstreamExtra is written verbatim inside [upstream] (credentials_file, hosts_dir...).
 	UpstreamExtra string
+	// MetricsAddress is the [metrics] listener; StartDaemon picks a free loopback port
+	// when empty ("-" disables the listener).
+	MetricsAddress string
 	// Extra is appended to the generated file verbatim (for options newer than this struct).
 	Extra string
 }
@@ -84,6 +87,13 @@ func (c DaemonConfig) TOML() string {
 	b.WriteString("\n[store]\n")
 	if c.TagFreshness != "" {
 		fmt.Fprintf(&b, "tag_freshness = %s\n", tomlString(c.TagFreshness))
+	}
+	if c.MetricsAddress != "" {
+		addr := c.MetricsAddress
+		if addr == "-" {
+			addr = ""
+		}
+		fmt.Fprintf(&b, "\n[metrics]\naddress = %s\n", tomlString(addr))
 	}
 	if c.Extra != "" {
 		b.WriteString("\n" + c.Extra + "\n")
@@ -137,10 +147,12 @@ type Daemon struct {
 	Config     DaemonConfig
 	ConfigPath string
 	// Addr is the mirror's "127.0.0.1:port"; URL is "http://" + Addr, the hosts.toml mirror.
-	Addr    string
-	URL     string
-	Process *Process
-	Client  *http.Client
+	Addr string
+	URL  string
+	// MetricsURL is "http://" + the metrics listener, or "" when it is disabled.
+	MetricsURL string
+	Process    *Process
+	Client     *http.Client
 }
 
 var daemonBuild struct {
@@ -219,6 +231,9 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	if cfg.Address == "" {
 		cfg.Address = FreeAddr(t)
 	}
+	if cfg.MetricsAddress == "" {
+		cfg.MetricsAddress = FreeAddr(t)
+	}
 	if cfg.AllowedRegistries == nil {
 		cfg.AllowedRegistries = []string{"*"}
 	}
@@ -236,6 +251,7 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 		ConfigPath: filepath.Join(dir, "config.toml"),
 		Addr:       cfg.Address,
 		URL:        "http://" + cfg.Address,
+		MetricsURL: metricsURL(cfg.MetricsAddress),
 		Client:     &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 32}},
 	}
 	if err := os.WriteFile(d.ConfigPath, []byte(cfg.TOML()), 0o644); err != nil {
@@ -246,6 +262,13 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	d.Process = startProcess(t, "containerd-blobcache", filepath.Join(dir, "daemon.log"), cmd)
 	waitHTTP200(t, d.Process, d.URL+"/v2/", 60*time.Second)
 	return d
+}
+
+func metricsURL(addr string) string {
+	if addr == "" || addr == "-" {
+		return ""
+	}
+	return "http://" + addr
 }
 
 // Stop sends SIGTERM and waits (SIGKILL after a bound).

@@ -37,6 +37,7 @@ type Config struct {
 	Upstream UpstreamConfig `toml:"upstream"`
 	Store    StoreConfig    `toml:"store"`
 	Content  ContentConfig  `toml:"content"`
+	Metrics  MetricsConfig  `toml:"metrics"`
 }
 
 // MirrorConfig configures the HTTP registry mirror that containerd's hosts.toml points at.
@@ -55,6 +56,16 @@ type ContentConfig struct {
 	SocketGroup     string   `toml:"socket_group"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 }
+
+// MetricsConfig configures the listener of /metrics, /healthz and /readyz.
+type MetricsConfig struct {
+	// Address is host:port; empty disables the listener.
+	Address string `toml:"address"`
+}
+
+// DefaultMetricsAddress is where /metrics, /healthz and /readyz are served unless configured
+// otherwise: loopback, next to the mirror.
+const DefaultMetricsAddress = "127.0.0.1:5056"
 
 // UpstreamConfig configures how the daemon reaches the registries.
 type UpstreamConfig struct {
@@ -119,6 +130,7 @@ func Default() Config {
 			SocketGroup:     "",
 			ShutdownTimeout: Duration(5 * time.Second),
 		},
+		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
 	}
 }
 
@@ -178,6 +190,11 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Mirror.Address); err != nil {
 		return bad("mirror.address", "%q is not host:port", c.Mirror.Address)
+	}
+	if a := c.Metrics.Address; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return bad("metrics.address", "%q is not host:port (empty disables the listener)", a)
+		}
 	}
 	if c.Mirror.DefaultRegistry != "" {
 		if err := ValidRegistryHost(c.Mirror.DefaultRegistry); err != nil {

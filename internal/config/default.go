@@ -102,4 +102,10 @@ log_level = "info"
   # reads) before they are cut. The socket is closed first, so containerd fails fast
   # meanwhile rather than waiting.
   shutdown_timeout = "5s"
+
+[metrics]
+  # Listener of /metrics (Prometheus, containerd_blobcache_*), /healthz (the process
+  # answers) and /readyz (the listeners accept; 503 while starting or shutting down). Keep
+  # it on loopback unless something off the node must scrape it. Empty: no listener.
+  address = "127.0.0.1:5056"
 `

@@ -1,0 +1,127 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// ResultHeader is the mirror's response header that says how a request was answered.
+const ResultHeader = "X-Blobcache-Result"
+
+// Mirror wraps the mirror's handler: each request is counted by kind, method and the result
+// the handler put in ResultHeader, and its body bytes by source. A nil *Metrics returns next
+// unchanged.
+func (m *Metrics) Mirror(next http.Handler) http.Handler {
+	if m == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		cw := &countingWriter{ResponseWriter: w}
+		// Runs on a panic too: the handler aborts a response cut by upstream with
+		// http.ErrAbortHandler, and that request must be counted like any other.
+		defer func() {
+			m.observeMirror(r, cw, time.Since(start))
+		}()
+		next.ServeHTTP(cw, r)
+	})
+}
+
+func (m *Metrics) observeMirror(r *http.Request, cw *countingWriter, d time.Duration) {
+	kind := requestKind(r.URL.Path)
+	result := cw.Header().Get(ResultHeader)
+	status := cw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	switch result {
+	case ResultHit, ResultMiss, ResultBypass, ResultStale:
+	default:
+		if status >= 400 {
+			result = ResultError
+		} else {
+			result = ResultNone
+		}
+	}
+	method := r.Method
+	if method != http.MethodGet && method != http.MethodHead {
+		method = "other"
+	}
+	m.requests.WithLabelValues(SurfaceMirror, kind, method, result).Inc()
+	m.requestDuration.WithLabelValues(SurfaceMirror, kind, result).Observe(d.Seconds())
+	if cw.bytes > 0 {
+		switch result {
+		case ResultHit, ResultStale:
+			m.bytesServed.WithLabelValues(SurfaceMirror, SourceStore).Add(float64(cw.bytes))
+		case ResultMiss, ResultBypass:
+			m.bytesServed.WithLabelValues(SurfaceMirror, SourceUpstream).Add(float64(cw.bytes))
+		}
+	}
+}
+
+// requestKind classifies a /v2/ path with a bounded set of values (never the path itself:
+// label values must not grow with what clients send).
+func requestKind(path string) string {
+	switch {
+	case path == "/v2/" || path == "/v2":
+		return "ping"
+	case !strings.HasPrefix(path, "/v2/"):
+		return "other"
+	case strings.Contains(path, "/manifests/"):
+		return "manifest"
+	case strings.Contains(path, "/blobs/"):
+		return "blob"
+	default:
+		return "other"
+	}
+}
+
+// countingWriter records the status and counts body bytes. It keeps ReadFrom (so that
+// http.ServeContent over a file still reaches sendfile) and Flush, and unwraps for
+// http.ResponseController.
+type countingWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *countingWriter) ReadFrom(src io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(w.ResponseWriter, src)
+	}
+	w.bytes += n
+	return n, err
+}
+
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
