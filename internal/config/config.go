@@ -87,8 +87,10 @@ func Default() Config {
 			PlainHTTP:             []string{},
 			AllowPrivateNetworks:  []string{},
 			DialTimeout:           Duration(5 * time.Second),
-			ResponseHeaderTimeout: Duration(30 * time.Second),
-			StallTimeout:          Duration(15 * time.Second),
+			ResponseHeaderTimeout: Duration(10 * time.Second),
+			// A few seconds: a registry that sends nothing for that long is not coming back
+			// soon, and every second of it is a second containerd waits.
+			StallTimeout: Duration(5 * time.Second),
 		},
 		Store: StoreConfig{
 			TagFreshness: Duration(time.Minute),

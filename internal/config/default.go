@@ -43,11 +43,13 @@ log_level = "info"
   # Time to establish a TCP (and TLS) connection to a registry.
   dial_timeout = "5s"
 
-  # Time a registry has to answer with response headers.
-  response_header_timeout = "30s"
+  # Time a registry has to answer with response headers. Past it the client gets a 502 and
+  # containerd moves on to the registry itself (containerd would wait 30 s or more).
+  response_header_timeout = "10s"
 
-  # A download that receives no byte for this long is abandoned and its clients cut.
-  stall_timeout = "15s"
+  # A download that receives no byte for this long is abandoned: a client that has its
+  # headers is cut (containerd resumes with a Range request), one that has not gets a 502.
+  stall_timeout = "5s"
 
 [store]
   # A tag is answered from the index for this long after it was fetched; after that it is

@@ -372,9 +372,14 @@ func claimMatches(claim string, body []byte) bool {
 	return d.Algorithm().FromBytes(body) == d
 }
 
-// manifestMediaType is the upstream Content-Type without parameters, or failing that the
-// mediaType the manifest declares.
+// manifestMediaType is the manifest media type the manifest declares, when it is one (the
+// body is verified against its digest, the header is not: a registry or a proxy on the way
+// that sends a wrong Content-Type would otherwise have it cached and served), or else the
+// upstream Content-Type without parameters.
 func manifestMediaType(contentType string, body []byte) string {
+	if mt := declaredMediaType(body); knownManifestType(mt) {
+		return mt
+	}
 	if mt, _, err := mime.ParseMediaType(contentType); err == nil && mt != "" && mt != "text/plain" && mt != "application/octet-stream" {
 		return mt
 	}
@@ -501,6 +506,18 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 		return
 	}
 	defer rd.Close()
+	src := io.Reader(rd)
+	if length >= 0 {
+		src = io.LimitReader(rd, length)
+	}
+	// No header goes out before the first byte to send is in hand: a fill that fails before
+	// reaching the client's offset (a Range retry of a download that breaks at the same
+	// place again) still gets a 5xx, and containerd moves on to the next host.
+	src, err = awaitFirstChunk(src)
+	if err != nil {
+		h.fillFailedBeforeHeaders(q, err)
+		return
+	}
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Docker-Content-Digest", q.target.dgst.String())
 	hdr.Set("Etag", `"`+q.target.dgst.String()+`"`)
@@ -508,10 +525,6 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 	q.w.result = resultMiss
 	q.w.WriteHeader(status)
 
-	src := io.Reader(rd)
-	if length >= 0 {
-		src = io.LimitReader(rd, length)
-	}
 	written, err := copyFlushing(q.w, src)
 	if err == nil {
 		if err := h.store.AddSource(context.WithoutCancel(ctx), q.target.dgst, q.source()); err != nil && !errdefs.IsNotFound(err) {
