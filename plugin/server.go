@@ -27,6 +27,8 @@ type Server struct {
 	mirrorServer   *http.Server
 	// content is nil when the content API is disabled.
 	content *content.Service
+	// debug is nil unless debug.address is set.
+	debug *debugServer
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -76,11 +78,12 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		return nil, err
 	}
 	handler, err := mirror.New(mirror.Options{
-		Store:           store,
-		Resolver:        res,
-		DefaultRegistry: cfg.Mirror.DefaultRegistry,
-		TagFreshness:    cfg.Store.TagFreshness.D(),
-		MaxManifestSize: cfg.Store.MaxManifestSize,
+		Store:             store,
+		Resolver:          res,
+		DefaultRegistry:   cfg.Mirror.DefaultRegistry,
+		TagFreshness:      cfg.Store.TagFreshness.D(),
+		MaxManifestSize:   cfg.Store.MaxManifestSize,
+		VerifyBeforeServe: cfg.Mirror.VerifyBeforeServe,
 	})
 	if err != nil {
 		ln.Close()
@@ -97,7 +100,14 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		// Requests must outlive the signal that starts a shutdown: Shutdown waits for them.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc}, nil
+	dbg, err := listenDebug(cfg.Debug.Address)
+	if err != nil {
+		ln.Close()
+		closeContent()
+		store.Close()
+		return nil, fmt.Errorf("debug listener on %s: %w", cfg.Debug.Address, err)
+	}
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, debug: dbg}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -130,6 +140,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		fields["content"] = s.content.Address()
 	}
 	log.G(ctx).WithFields(fields).Info("containerd-blobcache serving")
+	go s.debug.serve(ctx)
+	defer s.debug.close()
 
 	var serveErr error
 	select {
@@ -183,6 +195,7 @@ func (s *Server) Serve(ctx context.Context) error {
 // Close releases what New acquired, for a Server that never ran Serve.
 func (s *Server) Close() error {
 	s.mirrorListener.Close()
+	s.debug.close()
 	if s.content != nil {
 		s.content.Close()
 	}

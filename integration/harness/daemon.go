@@ -44,6 +44,10 @@ type DaemonConfig struct {
 
 	Address         string
 	DefaultRegistry string
+	// ReadHeaderTimeout is mirror.read_header_timeout; VerifyBeforeServe
+	// mirror.verify_before_serve.
+	ReadHeaderTimeout string
+	VerifyBeforeServe bool
 
 	AllowedRegistries []string
 	// PlainHTTP and AllowPrivateNetworks: every loopback registry or proxy a test uses must
@@ -66,7 +70,14 @@ type DaemonConfig struct {
 func (c DaemonConfig) TOML() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "root = %s\nlog_level = %s\n\n", tomlString(c.Root), tomlString(c.LogLevel))
-	fmt.Fprintf(&b, "[mirror]\naddress = %s\ndefault_registry = %s\n\n", tomlString(c.Address), tomlString(c.DefaultRegistry))
+	fmt.Fprintf(&b, "[mirror]\naddress = %s\ndefault_registry = %s\n", tomlString(c.Address), tomlString(c.DefaultRegistry))
+	if c.ReadHeaderTimeout != "" {
+		fmt.Fprintf(&b, "read_header_timeout = %s\n", tomlString(c.ReadHeaderTimeout))
+	}
+	if c.VerifyBeforeServe {
+		b.WriteString("verify_before_serve = true\n")
+	}
+	b.WriteString("\n")
 	plain := appendUnique(append([]string(nil), c.PlainHTTP...), c.Registries...)
 	private := appendUnique(append([]string(nil), c.AllowPrivateNetworks...), c.Registries...)
 	fmt.Fprintf(&b, "[upstream]\nallowed_registries = %s\nplain_http = %s\nallow_private_networks = %s\n",

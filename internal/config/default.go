@@ -25,6 +25,15 @@ log_level = "info"
   # Time a client has to send its request headers (slow clients are cut).
   read_header_timeout = "10s"
 
+  # Send a blob fetched on a miss only once all of it is downloaded and its digest checked.
+  # Off (the default), clients get the bytes as they arrive and a blob that turns out corrupt
+  # is cut just before its last byte: the cache keeps nothing, but containerd keeps the bytes
+  # it received in its ingest and its commit of that blob fails (until the ingest is
+  # removed). On, a corrupt upstream is a 502 and containerd fetches the blob from the
+  # registry instead; the price is that a client sees no byte of a cold blob until it is
+  # downloaded (see docs/FAULTS.md).
+  verify_before_serve = false
+
   # On SIGTERM/SIGINT, time given to requests in flight before their connections are cut.
   shutdown_timeout = "10s"
 
@@ -84,4 +93,10 @@ log_level = "info"
   # reads) before they are cut. The socket is closed first, so containerd fails fast
   # meanwhile rather than waiting.
   shutdown_timeout = "5s"
+
+[debug]
+  # Loopback host:port of a debug listener serving Go's pprof handlers under /debug/pprof/
+  # (goroutine counts and stacks, heap, CPU profiles). Empty: off. Loopback addresses only:
+  # profiles reveal internals and cost CPU.
+  address = ""
 `

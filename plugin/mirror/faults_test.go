@@ -46,3 +46,23 @@ func TestManifestMediaTypePrefersTheVerifiedBody(t *testing.T) {
 		t.Errorf("no declared type: got %q", got)
 	}
 }
+
+// With VerifyBeforeServe a corrupt upstream is a 502 before any header: no byte of it
+// reaches the client (whose own store would keep it).
+func TestVerifyBeforeServeRefusesCorruptBlob(t *testing.T) {
+	fx := newFixture(t)
+	fx.handler.verifyFirst = true
+	dgst, data := fx.upstream.addBlob(1<<20, 41)
+	fx.upstream.corrupt = true
+	resp, _ := fx.do(http.MethodGet, "/v2/app/blobs/"+dgst.String(), nil)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("corrupt blob with verify_before_serve: %d, want 502", resp.StatusCode)
+	}
+	fx.upstream.mu.Lock()
+	fx.upstream.corrupt = false
+	fx.upstream.mu.Unlock()
+	resp, got := fx.do(http.MethodGet, "/v2/app/blobs/"+dgst.String(), map[string]string{"Range": "bytes=10-"})
+	if resp.StatusCode != http.StatusPartialContent || string(got) != string(data[10:]) {
+		t.Fatalf("healthy blob with verify_before_serve: %d, %d bytes", resp.StatusCode, len(got))
+	}
+}

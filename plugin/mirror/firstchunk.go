@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 
@@ -56,4 +57,21 @@ func knownManifestType(mt string) bool {
 		return true
 	}
 	return false
+}
+
+// awaitVerified waits until the fill has received and verified the whole blob. A fill
+// reader releases the last byte of a blob of known size only after verification, so
+// reading that byte is the wait. Of a blob of unknown size nothing can be held back.
+func awaitVerified(ctx context.Context, fill *blobcache.Fill) error {
+	size := fill.Size()
+	if size <= 0 {
+		return nil
+	}
+	rd, err := fill.NewReader(ctx, size-1)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	_, err = awaitFirstChunk(rd)
+	return err
 }

@@ -40,6 +40,8 @@ type Options struct {
 	DefaultRegistry string
 	TagFreshness    time.Duration
 	MaxManifestSize int64
+	// VerifyBeforeServe sends a blob fetched on a miss only once it is verified.
+	VerifyBeforeServe bool
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -51,6 +53,7 @@ type Handler struct {
 	defaultRegistry string
 	tagFreshness    time.Duration
 	maxManifestSize int64
+	verifyFirst     bool
 	now             func() time.Time
 }
 
@@ -71,6 +74,7 @@ func New(opts Options) (*Handler, error) {
 		defaultRegistry: opts.DefaultRegistry,
 		tagFreshness:    opts.TagFreshness,
 		maxManifestSize: opts.MaxManifestSize,
+		verifyFirst:     opts.VerifyBeforeServe,
 		now:             opts.Now,
 	}, nil
 }
@@ -117,6 +121,9 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 
 	if r.Header.Get(resolver.LoopHeader) != "" {
 		h.fail(q, newAPIError(http.StatusLoopDetected, "UNSUPPORTED", "request came from a containerd-blobcache daemon; refusing to proxy it again"))
+		return
+	}
+	if h.refuseBody(q) {
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -499,6 +506,12 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 			}
 		}
 		hdr.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+	if h.verifyFirst {
+		if err := awaitVerified(ctx, fill); err != nil {
+			h.fillFailedBeforeHeaders(q, err)
+			return
+		}
 	}
 	rd, err := fill.NewReader(ctx, start)
 	if err != nil {
