@@ -452,6 +452,12 @@ func (h *Handler) serveBlob(q *request) {
 		case errors.Is(err, blobcache.ErrFillFailed) && attempt == 0:
 			// The download this request joined failed; try once with its own credentials.
 			continue
+		case errors.Is(err, blobcache.ErrFillFailed):
+			// It joined another client's failing download again (a busy blob that upstream
+			// refuses, such as a 404): ask upstream itself, so that it gets its own answer
+			// and not a 502 for someone else's.
+			h.proxy(q, resultBypass, "")
+			return
 		case ctx.Err() != nil:
 			return
 		default:
