@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -214,8 +215,29 @@ func Main(m *testing.M) {
 // `containerd-blobcache serve --config FILE`, waiting until GET /v2/ answers 200.
 func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	t.Helper()
+	return StartDaemonAs(t, cfg, nil, "")
+}
+
+// StartDaemonAs is StartDaemon running the daemon with the given credentials (nil: as this
+// process). dir holds the configuration file, the log and a copy of the binary; it must be
+// reachable by that user ("" makes a test temporary directory, which is not).
+func StartDaemonAs(t testing.TB, cfg DaemonConfig, cred *syscall.Credential, dir string) *Daemon {
+	t.Helper()
 	bin := DaemonBinary(t)
-	dir := t.TempDir()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if cred != nil {
+		// The build directory is private to this process's user: run a copy.
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin = filepath.Join(dir, "containerd-blobcache")
+		if err := os.WriteFile(bin, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if cfg.Root == "" {
 		cfg.Root = filepath.Join(dir, "root")
 	}
@@ -249,6 +271,9 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	}
 	cmd := exec.Command(bin, "serve", "--config", d.ConfigPath)
 	cmd.Dir = dir
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	d.Process = startProcess(t, "containerd-blobcache", filepath.Join(dir, "daemon.log"), cmd)
 	waitHTTP200(t, d.Process, d.URL+"/v2/", 60*time.Second)
 	return d
