@@ -70,14 +70,28 @@ func TestKillLoop(t *testing.T) {
 			_, took, err := ctrd.PullE(context.Background(), fmt.Sprintf("kill%d", i), ref, hostsDir)
 			done <- result{took, err}
 		}()
-		// A random moment within the first second and a half of the pull (a cold pull of
-		// this image takes about that long here).
-		delay := time.Duration(rng.Int64N(int64(1500 * time.Millisecond)))
+		// A random moment of the download: once the daemon has a fill on disk (polled,
+		// bounded), then a random 0-400 ms more.
+		began := time.Now()
 		var res result
-		select {
-		case res = <-done:
-		case <-time.After(delay):
+		finished := false
+		for deadline := time.Now().Add(30 * time.Second); !finished && time.Now().Before(deadline); {
+			if entries, _ := os.ReadDir(filepath.Join(root, "fills")); len(entries) > 0 {
+				break
+			}
+			select {
+			case res = <-done:
+				finished = true
+			case <-time.After(5 * time.Millisecond):
+			}
 		}
+		if !finished {
+			select {
+			case res = <-done:
+			case <-time.After(time.Duration(rng.Int64N(int64(400 * time.Millisecond)))):
+			}
+		}
+		delay := time.Since(began)
 		if err := daemon.Kill(); err != nil {
 			t.Fatalf("loop %d: kill: %v", i, err)
 		}
