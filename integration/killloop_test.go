@@ -48,7 +48,7 @@ func TestKillLoop(t *testing.T) {
 	t.Logf("kill seed %d (BLOBCACHE_KILL_SEED to replay)", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 
-	var pulled, killedMidPull, fillsLeft, fallbackPulls int
+	var pulled, killedMidPull, fillsLeft, fallbackPulls, orphans int
 	var pullTimes []time.Duration
 	for i := range loops {
 		// A new image each time, so every pull is cold: about 15 MB in 3 layers.
@@ -118,6 +118,7 @@ func TestKillLoop(t *testing.T) {
 			t.Fatal(err)
 		}
 		rep := verifyStoreOffline(t, root)
+		orphans += rep.Orphans
 		daemon = harness.StartDaemon(t, cfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		for _, b := range im.Blobs() {
@@ -127,6 +128,16 @@ func TestKillLoop(t *testing.T) {
 			}
 		}
 		cancel()
+		if rep.Orphans > 0 {
+			// Served once above: the commit of that fetch must have recorded the orphan.
+			if err := daemon.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			if again := verifyStoreOffline(t, root); again.Orphans > 0 {
+				t.Errorf("loop %d: %d orphan blob files still unrecorded after they were requested", i, again.Orphans)
+			}
+			daemon = harness.StartDaemon(t, cfg)
+		}
 		t.Logf("loop %d: killed %v into the pull (pull took %v), store: %d files, %d records", i, delay.Round(time.Millisecond), res.took.Round(time.Millisecond), rep.Files, rep.Records)
 		if t.Failed() {
 			break
@@ -136,8 +147,8 @@ func TestKillLoop(t *testing.T) {
 	for _, d := range pullTimes {
 		total += d
 	}
-	writeMeasure(t, "killloop loops=%d pulls_completed=%d killed_mid_pull=%d pulls_with_fallback=%d fills_left_by_kills=%d (all removed at restart) mean_pull=%v seed=%d",
-		loops, pulled, killedMidPull, fallbackPulls, fillsLeft, (total / time.Duration(max(len(pullTimes), 1))).Round(time.Millisecond), seed)
+	writeMeasure(t, "killloop loops=%d pulls_completed=%d killed_mid_pull=%d pulls_with_fallback=%d fills_left_by_kills=%d (all removed at restart) orphan_files=%d (intact, recorded when next requested) mean_pull=%v seed=%d",
+		loops, pulled, killedMidPull, fallbackPulls, fillsLeft, orphans, (total / time.Duration(max(len(pullTimes), 1))).Round(time.Millisecond), seed)
 	if killedMidPull < loops/2 {
 		t.Errorf("only %d of %d kills landed during a pull: the loop tests little", killedMidPull, loops)
 	}

@@ -57,6 +57,10 @@ func assertBlobFilesIntact(t *testing.T, root string) int {
 // storeReport is what verifyStoreOffline found.
 type storeReport struct {
 	Files, Records int
+	// Orphans are intact blob files without an index record: what a kill between a
+	// commit's rename and its index update leaves. They are never served as such (a
+	// request fetches the blob again, and the commit then records the file in place).
+	Orphans int
 }
 
 // verifyStoreOffline checks a store whose daemon is stopped: no fill left, every blob file
@@ -123,7 +127,9 @@ func verifyStoreOffline(t *testing.T, root string) storeReport {
 	}
 	for d := range files {
 		if _, ok := records[d]; !ok {
-			t.Errorf("blob file %s has no index record", d)
+			// Intact (hashed above) but unrecorded: the one disagreement a crash may leave.
+			rep.Orphans++
+			t.Logf("blob file %s has no index record (intact orphan of an interrupted commit)", d)
 		}
 	}
 
