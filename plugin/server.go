@@ -31,6 +31,8 @@ type Server struct {
 	// ops is the metrics and health listener (see ops.go); nil when disabled.
 	ops    *opsServer
 	health *metrics.Health
+	// debug is nil unless debug.address is set.
+	debug *debugServer
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -101,12 +103,13 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		return nil, err
 	}
 	handler, err := mirror.New(mirror.Options{
-		Store:           store,
-		Resolver:        res,
-		DefaultRegistry: cfg.Mirror.DefaultRegistry,
-		TagFreshness:    cfg.Store.TagFreshness.D(),
-		MaxManifestSize: cfg.Store.MaxManifestSize,
-		AccessCheckTTL:  cfg.Upstream.PrivateAccessTTL.D(),
+		Store:             store,
+		Resolver:          res,
+		DefaultRegistry:   cfg.Mirror.DefaultRegistry,
+		TagFreshness:      cfg.Store.TagFreshness.D(),
+		MaxManifestSize:   cfg.Store.MaxManifestSize,
+		AccessCheckTTL:    cfg.Upstream.PrivateAccessTTL.D(),
+		VerifyBeforeServe: cfg.Mirror.VerifyBeforeServe,
 	})
 	if err != nil {
 		ops.close()
@@ -124,7 +127,15 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		// Requests must outlive the signal that starts a shutdown: Shutdown waits for them.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health}, nil
+	dbg, err := listenDebug(cfg.Debug.Address)
+	if err != nil {
+		ops.close()
+		ln.Close()
+		closeContent()
+		store.Close()
+		return nil, fmt.Errorf("debug listener on %s (debug.address): %w", cfg.Debug.Address, err)
+	}
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -161,6 +172,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		fields["metrics"] = s.ops.address()
 	}
 	log.G(ctx).WithFields(fields).Info("containerd-blobcache serving")
+	go s.debug.serve(ctx)
+	defer s.debug.close()
 	// Every listener was bound in New and is being served: connections are accepted.
 	s.ready(ctx)
 
@@ -219,6 +232,7 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.ops.close()
 	s.mirrorListener.Close()
+	s.debug.close()
 	if s.content != nil {
 		s.content.Close()
 	}

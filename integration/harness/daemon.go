@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,10 @@ type DaemonConfig struct {
 
 	Address         string
 	DefaultRegistry string
+	// ReadHeaderTimeout is mirror.read_header_timeout; VerifyBeforeServe
+	// mirror.verify_before_serve.
+	ReadHeaderTimeout string
+	VerifyBeforeServe bool
 
 	AllowedRegistries []string
 	// PlainHTTP and AllowPrivateNetworks: every loopback registry or proxy a test uses must
@@ -71,7 +76,14 @@ type DaemonConfig struct {
 func (c DaemonConfig) TOML() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "root = %s\nlog_level = %s\n\n", tomlString(c.Root), tomlString(c.LogLevel))
-	fmt.Fprintf(&b, "[mirror]\naddress = %s\ndefault_registry = %s\n\n", tomlString(c.Address), tomlString(c.DefaultRegistry))
+	fmt.Fprintf(&b, "[mirror]\naddress = %s\ndefault_registry = %s\n", tomlString(c.Address), tomlString(c.DefaultRegistry))
+	if c.ReadHeaderTimeout != "" {
+		fmt.Fprintf(&b, "read_header_timeout = %s\n", tomlString(c.ReadHeaderTimeout))
+	}
+	if c.VerifyBeforeServe {
+		b.WriteString("verify_before_serve = true\n")
+	}
+	b.WriteString("\n")
 	plain := appendUnique(append([]string(nil), c.PlainHTTP...), c.Registries...)
 	private := appendUnique(append([]string(nil), c.AllowPrivateNetworks...), c.Registries...)
 	fmt.Fprintf(&b, "[upstream]\nallowed_registries = %s\nplain_http = %s\nallow_private_networks = %s\n",
@@ -220,8 +232,29 @@ func Main(m *testing.M) {
 // `containerd-blobcache serve --config FILE`, waiting until GET /v2/ answers 200.
 func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	t.Helper()
+	return StartDaemonAs(t, cfg, nil, "")
+}
+
+// StartDaemonAs is StartDaemon running the daemon with the given credentials (nil: as this
+// process). dir holds the configuration file, the log and a copy of the binary; it must be
+// reachable by that user ("" makes a test temporary directory, which is not).
+func StartDaemonAs(t testing.TB, cfg DaemonConfig, cred *syscall.Credential, dir string) *Daemon {
+	t.Helper()
 	bin := DaemonBinary(t)
-	dir := t.TempDir()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if cred != nil {
+		// The build directory is private to this process's user: run a copy.
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin = filepath.Join(dir, "containerd-blobcache")
+		if err := os.WriteFile(bin, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if cfg.Root == "" {
 		cfg.Root = filepath.Join(dir, "root")
 	}
@@ -259,6 +292,9 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	}
 	cmd := exec.Command(bin, "serve", "--config", d.ConfigPath)
 	cmd.Dir = dir
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	d.Process = startProcess(t, "containerd-blobcache", filepath.Join(dir, "daemon.log"), cmd)
 	waitHTTP200(t, d.Process, d.URL+"/v2/", 60*time.Second)
 	return d

@@ -38,6 +38,12 @@ type Config struct {
 	Store    StoreConfig    `toml:"store"`
 	Content  ContentConfig  `toml:"content"`
 	Metrics  MetricsConfig  `toml:"metrics"`
+	Debug    DebugConfig    `toml:"debug"`
+}
+
+// DebugConfig configures the optional debug listener (Go's pprof handlers).
+type DebugConfig struct {
+	Address string `toml:"address"`
 }
 
 // MirrorConfig configures the HTTP registry mirror that containerd's hosts.toml points at.
@@ -45,7 +51,9 @@ type MirrorConfig struct {
 	Address         string   `toml:"address"`
 	DefaultRegistry string   `toml:"default_registry"`
 	ReadTimeout     Duration `toml:"read_header_timeout"`
-	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// VerifyBeforeServe holds a cold blob's bytes until the whole blob is verified.
+	VerifyBeforeServe bool     `toml:"verify_before_serve"`
+	ShutdownTimeout   Duration `toml:"shutdown_timeout"`
 }
 
 // ContentConfig configures the content API (containerd's content service over gRPC) that a
@@ -111,10 +119,12 @@ func Default() Config {
 			PlainHTTP:             []string{},
 			AllowPrivateNetworks:  []string{},
 			DialTimeout:           Duration(5 * time.Second),
-			ResponseHeaderTimeout: Duration(30 * time.Second),
-			StallTimeout:          Duration(15 * time.Second),
-			HostsDir:              DefaultHostsDir,
-			PrivateAccessTTL:      Duration(time.Minute),
+			ResponseHeaderTimeout: Duration(10 * time.Second),
+			// A few seconds: a registry that sends nothing for that long is not coming back
+			// soon, and every second of it is a second containerd waits.
+			StallTimeout:     Duration(5 * time.Second),
+			HostsDir:         DefaultHostsDir,
+			PrivateAccessTTL: Duration(time.Minute),
 		},
 		Store: StoreConfig{
 			TagFreshness: Duration(time.Minute),
@@ -259,6 +269,9 @@ func (c Config) Validate() error {
 		return bad("content.address", "%q is longer than %d bytes (unix socket addresses are limited)", a, maxSocketPath)
 	case path.Clean(a) != a || strings.HasSuffix(a, "/"):
 		return bad("content.address", "%q is not a clean path to a file", a)
+	}
+	if err := validDebugAddress(c.Debug.Address); err != nil {
+		return bad("debug.address", "%v", err)
 	}
 	if g := c.Content.SocketGroup; g != "" && (strings.ContainsAny(g, " \t\n:/") || strings.HasPrefix(g, "-")) {
 		return bad("content.socket_group", "%q is not a group name or numeric gid", g)

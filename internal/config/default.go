@@ -25,6 +25,15 @@ log_level = "info"
   # Time a client has to send its request headers (slow clients are cut).
   read_header_timeout = "10s"
 
+  # Send a blob fetched on a miss only once all of it is downloaded and its digest checked.
+  # Off (the default), clients get the bytes as they arrive and a blob that turns out corrupt
+  # is cut just before its last byte: the cache keeps nothing, but containerd keeps the bytes
+  # it received in its ingest and its commit of that blob fails (until the ingest is
+  # removed). On, a corrupt upstream is a 502 and containerd fetches the blob from the
+  # registry instead; the price is that a client sees no byte of a cold blob until it is
+  # downloaded (see docs/FAULTS.md).
+  verify_before_serve = false
+
   # On SIGTERM/SIGINT, time given to requests in flight before their connections are cut.
   shutdown_timeout = "10s"
 
@@ -43,11 +52,13 @@ log_level = "info"
   # Time to establish a TCP (and TLS) connection to a registry.
   dial_timeout = "5s"
 
-  # Time a registry has to answer with response headers.
-  response_header_timeout = "30s"
+  # Time a registry has to answer with response headers. Past it the client gets a 502 and
+  # containerd moves on to the registry itself (containerd would wait 30 s or more).
+  response_header_timeout = "10s"
 
-  # A download that receives no byte for this long is abandoned and its clients cut.
-  stall_timeout = "15s"
+  # A download that receives no byte for this long is abandoned: a client that has its
+  # headers is cut (containerd resumes with a Range request), one that has not gets a 502.
+  stall_timeout = "5s"
 
   # The daemon's own per-registry host configuration, in containerd's hosts.toml format and
   # layout (<dir>/<registry>/hosts.toml, certificate files next to it): CA and client
@@ -108,4 +119,10 @@ log_level = "info"
   # answers) and /readyz (the listeners accept; 503 while starting or shutting down). Keep
   # it on loopback unless something off the node must scrape it. Empty: no listener.
   address = "127.0.0.1:5056"
+
+[debug]
+  # Loopback host:port of a debug listener serving Go's pprof handlers under /debug/pprof/
+  # (goroutine counts and stacks, heap, CPU profiles). Empty: off. Loopback addresses only:
+  # profiles reveal internals and cost CPU.
+  address = ""
 `

@@ -44,6 +44,8 @@ type Options struct {
 	// AccessCheckTTL is how long an upstream check of a client's right to read a private
 	// object is remembered (default one minute).
 	AccessCheckTTL time.Duration
+	// VerifyBeforeServe sends a blob fetched on a miss only once it is verified.
+	VerifyBeforeServe bool
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -55,6 +57,7 @@ type Handler struct {
 	defaultRegistry string
 	tagFreshness    time.Duration
 	maxManifestSize int64
+	verifyFirst     bool
 	now             func() time.Time
 	access          *accessCache
 	// probes holds the anonymous probes in flight (see probePublic), one per object.
@@ -81,6 +84,7 @@ func New(opts Options) (*Handler, error) {
 		defaultRegistry: opts.DefaultRegistry,
 		tagFreshness:    opts.TagFreshness,
 		maxManifestSize: opts.MaxManifestSize,
+		verifyFirst:     opts.VerifyBeforeServe,
 		now:             opts.Now,
 		access:          newAccessCache(opts.AccessCheckTTL, opts.Now),
 	}, nil
@@ -133,6 +137,9 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 
 	if r.Header.Get(resolver.LoopHeader) != "" {
 		h.fail(q, newAPIError(http.StatusLoopDetected, "UNSUPPORTED", "request came from a containerd-blobcache daemon; refusing to proxy it again"))
+		return
+	}
+	if h.refuseBody(q) {
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -392,9 +399,14 @@ func claimMatches(claim string, body []byte) bool {
 	return d.Algorithm().FromBytes(body) == d
 }
 
-// manifestMediaType is the upstream Content-Type without parameters, or failing that the
-// mediaType the manifest declares.
+// manifestMediaType is the manifest media type the manifest declares, when it is one (the
+// body is verified against its digest, the header is not: a registry or a proxy on the way
+// that sends a wrong Content-Type would otherwise have it cached and served), or else the
+// upstream Content-Type without parameters.
 func manifestMediaType(contentType string, body []byte) string {
+	if mt := declaredMediaType(body); knownManifestType(mt) {
+		return mt
+	}
 	if mt, _, err := mime.ParseMediaType(contentType); err == nil && mt != "" && mt != "text/plain" && mt != "application/octet-stream" {
 		return mt
 	}
@@ -470,6 +482,12 @@ func (h *Handler) serveBlob(q *request) {
 		case errors.Is(err, blobcache.ErrFillFailed) && attempt == 0:
 			// The download this request joined failed; try once with its own credentials.
 			continue
+		case errors.Is(err, blobcache.ErrFillFailed):
+			// It joined another client's failing download again (a busy blob that upstream
+			// refuses, such as a 404): ask upstream itself, so that it gets its own answer
+			// and not a 502 for someone else's.
+			h.proxy(q, resultBypass, "")
+			return
 		case ctx.Err() != nil:
 			return
 		default:
@@ -525,12 +543,30 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 		}
 		hdr.Set("Content-Length", strconv.FormatInt(length, 10))
 	}
+	if h.verifyFirst {
+		if err := awaitVerified(ctx, fill); err != nil {
+			h.fillFailedBeforeHeaders(q, err)
+			return
+		}
+	}
 	rd, err := fill.NewReader(ctx, start)
 	if err != nil {
 		h.upstreamFailed(q, err)
 		return
 	}
 	defer rd.Close()
+	src := io.Reader(rd)
+	if length >= 0 {
+		src = io.LimitReader(rd, length)
+	}
+	// No header goes out before the first byte to send is in hand: a fill that fails before
+	// reaching the client's offset (a Range retry of a download that breaks at the same
+	// place again) still gets a 5xx, and containerd moves on to the next host.
+	src, err = awaitFirstChunk(src)
+	if err != nil {
+		h.fillFailedBeforeHeaders(q, err)
+		return
+	}
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Docker-Content-Digest", q.target.dgst.String())
 	hdr.Set("Etag", `"`+q.target.dgst.String()+`"`)
@@ -538,10 +574,6 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 	q.w.result = resultMiss
 	q.w.WriteHeader(status)
 
-	src := io.Reader(rd)
-	if length >= 0 {
-		src = io.LimitReader(rd, length)
-	}
 	written, err := copyFlushing(q.w, src)
 	if err == nil {
 		if err := h.store.AddSource(context.WithoutCancel(ctx), q.target.dgst, q.source()); err != nil && !errdefs.IsNotFound(err) {

@@ -410,6 +410,8 @@ func TestBlobMissThenHitWithRanges(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(ResultHeader) != "miss" || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
 		t.Fatalf("miss: %d %v", resp.StatusCode, resp.Header)
 	}
+	// Readers finish as soon as the bytes are verified; the commit follows.
+	waitFor(t, func() bool { _, err := fx.store.Info(context.Background(), dgst); return err == nil })
 	if _, err := os.Stat(filepath.Join(fx.store.Root(), "blobs", "sha256", dgst.Encoded())); err != nil {
 		t.Fatalf("blob not in containerd's layout: %v", err)
 	}

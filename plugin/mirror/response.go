@@ -83,7 +83,8 @@ func parseRange(header string, size int64) (start, length int64, ok bool, err er
 		if perr != nil || n < 0 {
 			return 0, 0, false, nil
 		}
-		if n == 0 {
+		if n == 0 || size == 0 {
+			// RFC 9110 14.1.1: a suffix range of an empty representation is unsatisfiable.
 			return 0, 0, false, fmt.Errorf("empty suffix range: %w", errRange)
 		}
 		if n > size {
