@@ -40,6 +40,9 @@ type Options struct {
 	DefaultRegistry string
 	TagFreshness    time.Duration
 	MaxManifestSize int64
+	// Tags refines TagFreshness: per registry, always-revalidated tags, stale and negative
+	// answers (tags.go).
+	Tags TagPolicy
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -52,6 +55,9 @@ type Handler struct {
 	tagFreshness    time.Duration
 	maxManifestSize int64
 	now             func() time.Time
+	tags            TagPolicy
+	negative        negativeCache
+	stats           stats
 }
 
 // New returns a Handler.
@@ -72,6 +78,7 @@ func New(opts Options) (*Handler, error) {
 		tagFreshness:    opts.TagFreshness,
 		maxManifestSize: opts.MaxManifestSize,
 		now:             opts.Now,
+		tags:            opts.Tags,
 	}, nil
 }
 
@@ -110,6 +117,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			w.aborted = true
 		}
 		h.logRequest(r.Context(), q, start)
+		h.stats.record(q)
 		if rec != nil {
 			panic(rec)
 		}
@@ -226,11 +234,17 @@ func (h *Handler) serveManifest(q *request) {
 		if h.serveStored(q, q.target.dgst, resultHit, true) {
 			return
 		}
+		if h.serveNegative(q) {
+			return
+		}
 		h.fetchManifest(q)
 		return
 	}
 
 	rec, err := h.store.GetTag(ctx, q.endpoint.Name, q.target.repo, q.target.tag)
+	if err != nil && h.serveNegative(q) {
+		return
+	}
 	switch {
 	case errdefs.IsNotFound(err):
 		h.fetchManifest(q)
@@ -244,7 +258,7 @@ func (h *Handler) serveManifest(q *request) {
 		h.fetchManifest(q)
 		return
 	}
-	if h.now().Sub(rec.FetchedAt) < h.tagFreshness {
+	if h.now().Sub(rec.FetchedAt) < h.freshness(q.endpoint.Name) && !h.alwaysRevalidate(q.endpoint.Name, q.target.repo, q.target.tag) {
 		if h.serveStored(q, rec.Digest, resultHit, true) {
 			return
 		}
@@ -269,6 +283,11 @@ func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 		} else {
 			entry = entry.WithField("upstream_status", resp.StatusCode)
 		}
+		if h.tooStale(rec.FetchedAt) {
+			entry.WithField("max_staleness", h.tags.MaxStaleness).Warn("upstream cannot revalidate tag and the stored digest is too old to serve")
+			h.fail(q, newAPIError(http.StatusBadGateway, "UNAVAILABLE", "upstream unavailable and the stored tag is older than store.max_staleness"))
+			return
+		}
 		entry.Info("upstream cannot revalidate tag; serving the stored digest")
 		q.w.Header().Set("Warning", `110 - "Response is Stale"`)
 		if h.serveStored(q, rec.Digest, resultStale, true) {
@@ -279,7 +298,7 @@ func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		h.passUpstreamStatus(q, resp)
+		h.passManifestStatus(q, resp)
 		return
 	}
 	if resp.Header.Get("Docker-Content-Digest") == rec.Digest.String() {
@@ -305,7 +324,7 @@ func (h *Handler) fetchManifest(q *request) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		h.passUpstreamStatus(q, resp)
+		h.passManifestStatus(q, resp)
 		return
 	}
 	if resp.ContentLength > h.maxManifestSize {
