@@ -31,6 +31,7 @@ func TestServeContentAPI(t *testing.T) {
 	cfg := config.Default()
 	cfg.Root = t.TempDir()
 	cfg.Mirror.Address = "127.0.0.1:0"
+	cfg.Admin.Address = filepath.Join(t.TempDir(), "admin.sock")
 	cfg.Content.Enabled = true
 	cfg.Content.Address = filepath.Join(dir, "run", "content.sock")
 
@@ -86,6 +87,7 @@ func TestContentAPIDisabled(t *testing.T) {
 	cfg := config.Default()
 	cfg.Root = t.TempDir()
 	cfg.Mirror.Address = "127.0.0.1:0"
+	cfg.Admin.Address = filepath.Join(t.TempDir(), "admin.sock")
 	cfg.Content.Address = filepath.Join(t.TempDir(), "content.sock")
 	srv, err := New(context.Background(), cfg)
 	if err != nil {
@@ -110,6 +112,7 @@ func TestContentSocketInUse(t *testing.T) {
 	first := config.Default()
 	first.Root = t.TempDir()
 	first.Mirror.Address = "127.0.0.1:0"
+	first.Admin.Address = filepath.Join(t.TempDir(), "admin.sock")
 	first.Content.Enabled = true
 	first.Content.Address = filepath.Join(dir, "c.sock")
 	srv, err := New(context.Background(), first)

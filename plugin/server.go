@@ -27,6 +27,9 @@ type Server struct {
 	mirrorServer   *http.Server
 	// content is nil when the content API is disabled.
 	content *content.Service
+	// admin is the admin API (plugin/admin) on its unix socket.
+	adminListener net.Listener
+	adminServer   *http.Server
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -35,7 +38,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store, err := blobcache.Open(ctx, blobcache.Options{Root: cfg.Root})
+	store, err := blobcache.Open(ctx, storeOptions(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.Root, err)
 	}
@@ -81,6 +84,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		DefaultRegistry: cfg.Mirror.DefaultRegistry,
 		TagFreshness:    cfg.Store.TagFreshness.D(),
 		MaxManifestSize: cfg.Store.MaxManifestSize,
+		Tags:            tagPolicy(cfg),
 	})
 	if err != nil {
 		ln.Close()
@@ -97,7 +101,14 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		// Requests must outlive the signal that starts a shutdown: Shutdown waits for them.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc}, nil
+	aln, asrv, err := newAdmin(ctx, cfg, store, handler)
+	if err != nil {
+		ln.Close()
+		closeContent()
+		store.Close()
+		return nil, err
+	}
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, adminListener: aln, adminServer: asrv}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -123,8 +134,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		mirrorErr <- err
 	}()
+	go s.serveAdmin(ctx)
 	contentErr := make(chan error, 1)
-	fields := log.Fields{"mirror": s.MirrorAddress(), "root": s.cfg.Root, "version": version.Version}
+	fields := log.Fields{"mirror": s.MirrorAddress(), "admin": s.AdminAddress(), "root": s.cfg.Root, "version": version.Version}
 	if s.content != nil {
 		go func() { contentErr <- s.content.Serve() }()
 		fields["content"] = s.content.Address()
@@ -142,6 +154,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		contentErr <- nil
 	}
 	log.G(ctx).Info("shutting down")
+	s.adminServer.Close()
 	base := context.WithoutCancel(ctx)
 	done := make(chan struct{})
 	if s.content != nil {
@@ -183,6 +196,7 @@ func (s *Server) Serve(ctx context.Context) error {
 // Close releases what New acquired, for a Server that never ran Serve.
 func (s *Server) Close() error {
 	s.mirrorListener.Close()
+	s.adminListener.Close()
 	if s.content != nil {
 		s.content.Close()
 	}
