@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -40,10 +41,11 @@ func commandContext() (context.Context, context.CancelFunc) {
 func statsCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("stats", stderr)
 	af := addAdminFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return usageError{err}
 	}
-	if fs.NArg() > 0 {
+	if len(pos) > 0 {
 		return usageError{fmt.Errorf("stats takes no arguments")}
 	}
 	c, err := af.client()
@@ -92,14 +94,15 @@ func lsCmd(args []string, stdout, stderr io.Writer) error {
 	repo := fs.String("repository", "", "only this repository")
 	prefix := fs.String("digest", "", "only digests starting with this (sha256:abc...)")
 	limit := fs.Int("limit", 0, "at most this many entries (0: all)")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return usageError{err}
 	}
 	kind := "all"
-	switch fs.NArg() {
+	switch len(pos) {
 	case 0:
 	case 1:
-		kind = fs.Arg(0)
+		kind = pos[0]
 	default:
 		return usageError{fmt.Errorf("ls takes at most one of tags, manifests, blobs")}
 	}
@@ -163,10 +166,11 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("gc", stderr)
 	af := addAdminFlags(fs)
 	target := fs.String("target", "", "evict down to this size (\"5GiB\", bytes); default the low watermark")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return usageError{err}
 	}
-	if fs.NArg() > 0 {
+	if len(pos) > 0 {
 		return usageError{fmt.Errorf("gc takes no arguments")}
 	}
 	req := admin.GCRequest{Target: -1}
@@ -224,11 +228,12 @@ var errVerifyFound = errors.New("verify found damaged blobs (repaired: see above
 func verifyCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("verify", stderr)
 	af := addAdminFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return usageError{err}
 	}
 	req := admin.VerifyRequest{}
-	for _, a := range fs.Args() {
+	for _, a := range pos {
 		d, err := digest.Parse(a)
 		if err != nil {
 			return usageError{fmt.Errorf("%q is not a digest: %v", a, err)}
@@ -270,13 +275,14 @@ func verifyCmd(args []string, stdout, stderr io.Writer) error {
 func rmCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("rm", stderr)
 	af := addAdminFlags(fs)
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return usageError{err}
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return usageError{fmt.Errorf("rm takes one of: DIGEST, REGISTRY, REGISTRY/REPOSITORY, REGISTRY/REPOSITORY:TAG")}
 	}
-	req, err := parseRemoveTarget(fs.Arg(0))
+	req, err := parseRemoveTarget(pos[0])
 	if err != nil {
 		return usageError{err}
 	}
@@ -327,10 +333,11 @@ func prefetchCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("prefetch", stderr)
 	af := addAdminFlags(fs)
 	platform := fs.String("platform", "", "platform to prefetch (default: this machine's, as containerd picks it)")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return usageError{err}
 	}
-	if fs.NArg() == 0 {
+	if len(pos) == 0 {
 		return usageError{fmt.Errorf("prefetch needs at least one IMAGE")}
 	}
 	c, err := af.client()
@@ -340,7 +347,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := commandContext()
 	defer cancel()
 	failed := 0
-	for _, image := range fs.Args() {
+	for _, image := range pos {
 		if err := prefetchOne(ctx, c, image, *platform, *af.json, stdout); err != nil {
 			var down errDaemonDown
 			if errors.As(err, &down) {
@@ -351,7 +358,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d images could not be prefetched", failed, fs.NArg())
+		return fmt.Errorf("%d of %d images could not be prefetched", failed, len(pos))
 	}
 	return nil
 }
@@ -389,4 +396,20 @@ func prefetchOne(ctx context.Context, c *adminClient, image, platform string, as
 		return err
 	}
 	return errors.New("the daemon ended the prefetch without a result")
+}
+
+// parseInterleaved parses flags that may come after positional arguments
+// ("ls tags --json") and returns the positional arguments.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }

@@ -56,6 +56,11 @@ type DaemonConfig struct {
 
 	TagFreshness string
 
+	// AdminAddress is the admin socket; StartDaemon puts it in a short temporary directory.
+	AdminAddress string
+	// Store is appended to the [store] table verbatim ("max_size = \"10MiB\"").
+	Store string
+
 	// Registries are "host:port" entries added to both PlainHTTP and AllowPrivateNetworks.
 	Registries []string
 	// Extra is appended to the generated file verbatim (for options newer than this struct).
@@ -76,7 +81,13 @@ func (c DaemonConfig) TOML() string {
 			fmt.Fprintf(&b, "%s = %s\n", kv[0], tomlString(kv[1]))
 		}
 	}
+	if c.AdminAddress != "" {
+		fmt.Fprintf(&b, "\n[admin]\naddress = %s\n", tomlString(c.AdminAddress))
+	}
 	b.WriteString("\n[store]\n")
+	if c.Store != "" {
+		b.WriteString(c.Store + "\n")
+	}
 	if c.TagFreshness != "" {
 		fmt.Fprintf(&b, "tag_freshness = %s\n", tomlString(c.TagFreshness))
 	}
@@ -225,6 +236,9 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	}
 	if cfg.StallTimeout == "" {
 		cfg.StallTimeout = "15s"
+	}
+	if cfg.AdminAddress == "" {
+		cfg.AdminAddress = filepath.Join(ShortTempDir(t, "bc-admin-"), "admin.sock")
 	}
 	d := &Daemon{
 		Config:     cfg,

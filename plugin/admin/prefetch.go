@@ -109,6 +109,17 @@ func (p *prefetcher) run(ctx context.Context, named reference.Named) error {
 		if err != nil {
 			return err
 		}
+		// containerd's pull also reads the manifest and config of every other platform of
+		// the index (small objects, for the image's metadata): fetch them too, so that the
+		// pull finds them cached. Their layers are not fetched.
+		for _, other := range idx.Manifests {
+			if other.Digest == desc.Digest || (other.MediaType != ocispec.MediaTypeImageManifest && other.MediaType != mediaTypeDockerManifest) {
+				continue
+			}
+			if err := p.metadataOnly(ctx, other); err != nil {
+				return err
+			}
+		}
 		if body, mediaType, dgst, err = p.manifest(ctx, desc.Digest.String()); err != nil {
 			return err
 		}
@@ -139,6 +150,20 @@ func (p *prefetcher) run(ctx context.Context, named reference.Named) error {
 		}
 	}
 	return nil
+}
+
+// metadataOnly fetches a manifest of another platform and its config.
+func (p *prefetcher) metadataOnly(ctx context.Context, desc ocispec.Descriptor) error {
+	body, mediaType, dgst, err := p.manifest(ctx, desc.Digest.String())
+	if err != nil {
+		return err
+	}
+	p.emit(PrefetchEvent{Event: "blob", Digest: dgst, MediaType: mediaType, Size: int64(len(body)), Done: int64(len(body)), Result: "manifest"})
+	var m ocispec.Manifest
+	if err := json.Unmarshal(body, &m); err != nil {
+		return fmt.Errorf("manifest %s: %w", dgst, err)
+	}
+	return p.blob(ctx, m.Config)
 }
 
 // choose picks the index entry a pull for the platform picks: the best match of
