@@ -166,9 +166,15 @@ func waitFor(t *testing.T, cond func() bool) {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureAt(t, t.TempDir())
+}
+
+// newFixtureAt is newFixture over the store at root.
+func newFixtureAt(t *testing.T, root string) *fixture {
+	t.Helper()
 	fx := &fixture{t: t, upstream: newFakeRegistry(t)}
 	fx.clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	store, err := blobcache.Open(context.Background(), blobcache.Options{Root: t.TempDir()})
+	store, err := blobcache.Open(context.Background(), blobcache.Options{Root: root})
 	if err != nil {
 		t.Fatal(err)
 	}
