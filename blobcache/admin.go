@@ -176,7 +176,7 @@ func (s *Store) Remove(ctx context.Context, dgsts []digest.Digest) (EvictResult,
 	for len(dgsts) > 0 {
 		batch := dgsts[:min(evictBatch, len(dgsts))]
 		dgsts = dgsts[len(batch):]
-		r, err := s.removeBlobs(ctx, batch)
+		r, err := s.removeBlobs(ctx, batch, false)
 		res.add(r)
 		if err != nil {
 			return res, err

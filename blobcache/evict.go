@@ -191,7 +191,7 @@ func (s *Store) EvictTo(ctx context.Context, target int64) (EvictResult, error) 
 		if len(cands) == 0 {
 			break
 		}
-		r, err := s.removeBlobs(ctx, cands)
+		r, err := s.removeBlobs(ctx, cands, true)
 		res.add(r)
 		if err != nil {
 			return res, err
@@ -254,15 +254,17 @@ func (s *Store) beingRemoved(dgst digest.Digest) bool {
 
 // removeBlobs deletes the given blobs that nobody uses: records, tags pointing at them and
 // files. The records go first, with an intent each, in one transaction; the files follow;
-// a crash in between leaves intents that the next Open completes.
-func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest) (EvictResult, error) {
+// a crash in between leaves intents that the next Open completes. With skipRecent (LRU
+// eviction), a blob used since the eviction began is kept too: it is no longer the least
+// recently used.
+func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest, skipRecent bool) (EvictResult, error) {
 	var res EvictResult
 	s.mu.Lock()
 	take := make([]digest.Digest, 0, len(dgsts))
 	for _, d := range dgsts {
 		_, filling := s.fills[d]
 		_, touched := s.touched[d]
-		if s.pins[d] > 0 || filling || touched {
+		if s.pins[d] > 0 || filling || (skipRecent && touched) {
 			res.InUse++
 			continue
 		}

@@ -409,6 +409,8 @@ func TestBlobMissThenHitWithRanges(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(ResultHeader) != "miss" || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
 		t.Fatalf("miss: %d %v", resp.StatusCode, resp.Header)
 	}
+	// The commit (file renamed, then recorded) ends just after the client got its body.
+	waitFor(t, func() bool { _, err := fx.store.Info(t.Context(), dgst); return err == nil })
 	if _, err := os.Stat(filepath.Join(fx.store.Root(), "blobs", "sha256", dgst.Encoded())); err != nil {
 		t.Fatalf("blob not in containerd's layout: %v", err)
 	}
