@@ -24,7 +24,7 @@ build:
 # Runs the daemon on embedded defaults, with its state in a folder of the repo so that it
 # needs no root.
 run: build
-	$(BIN) serve --root $(RUN_DIR)
+	$(BIN) serve --root $(RUN_DIR) --admin-address $(RUN_DIR)/admin.sock
 
 # Installs the pinned containerd, ctr, shim and registry the integration tests need.
 tools:

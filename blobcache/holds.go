@@ -188,6 +188,9 @@ func (s *Store) changeRecord(dgst digest.Digest, adopt bool, change func(*blobRe
 		}
 		switch {
 		case rec == nil:
+			if s.beingRemoved(dgst) {
+				return fmt.Errorf("blob %s: being removed: %w", dgst, errdefs.ErrNotFound)
+			}
 			fi, err := os.Stat(s.blobPath(dgst))
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {

@@ -34,6 +34,9 @@ type blobRecord struct {
 	// committed, found or updated through the API and not deleted since. Eviction must
 	// leave a held blob alone, because containerd's metadata may refer to it.
 	Held bool `json:"held,omitempty"`
+	// Unverified is set on records rebuilt from the blob files after the index was lost:
+	// the file's name says its digest, but its bytes are hashed before it is served.
+	Unverified bool `json:"unverified,omitempty"`
 }
 
 // sourceRecord is one (registry, repository) a blob was obtained from. Anonymous is the
@@ -105,7 +108,7 @@ func initIndex(db *bolt.DB) error {
 		if err != nil {
 			return err
 		}
-		for _, name := range [][]byte{bucketBlobs, bucketTags} {
+		for _, name := range [][]byte{bucketBlobs, bucketTags, bucketAtime, bucketMeta, bucketTagRefs, bucketIntents} {
 			if _, err := v1.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -143,6 +146,8 @@ func getBlob(tx *bolt.Tx, dgst digest.Digest) (*blobRecord, error) {
 	return &rec, nil
 }
 
+// putBlob writes the record of dgst and keeps the access-time order and the store totals
+// in step with it, in the same transaction.
 func putBlob(tx *bolt.Tx, dgst digest.Digest, rec *blobRecord) error {
 	b, err := subBucket(tx, bucketBlobs)
 	if err != nil {
@@ -150,6 +155,23 @@ func putBlob(tx *bolt.Tx, dgst digest.Digest, rec *blobRecord) error {
 	}
 	v, err := json.Marshal(rec)
 	if err != nil {
+		return err
+	}
+	old, err := getBlob(tx, dgst)
+	if err != nil {
+		return err
+	}
+	delta, count := rec.Size, int64(1)
+	if old != nil {
+		delta, count = rec.Size-old.Size, 0
+		if err := deleteAtime(tx, old.LastAccess, dgst); err != nil {
+			return err
+		}
+	}
+	if err := putAtime(tx, rec.LastAccess, dgst); err != nil {
+		return err
+	}
+	if err := addTotals(tx, delta, count); err != nil {
 		return err
 	}
 	return b.Put([]byte(dgst), v)

@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 const (
@@ -34,6 +33,38 @@ type Options struct {
 	// Root is the store's directory. Its blobs/ subtree follows containerd's content/local
 	// layout; ingest/ is left to containerd's local store writers.
 	Root string
+
+	// MaxSize is the size the store keeps itself under, in bytes; 0 means no limit. When
+	// the blobs pass HighWatermark percent of it, the least recently used are evicted until
+	// they are under LowWatermark percent (defaults 90 and 80).
+	MaxSize       int64
+	HighWatermark int
+	LowWatermark  int
+	// AccessFlushInterval is how often access times kept in memory are written to the
+	// index, in one transaction (default 10s). They are also written before an eviction
+	// and at Close.
+	AccessFlushInterval time.Duration
+	// EvictRetryInterval is how often the store checks its size again when it is over the
+	// high mark (blobs in use are skipped and retried later); default 5s.
+	EvictRetryInterval time.Duration
+	// OnEvict, when set, is told of every eviction that removed blobs (for metrics); it
+	// must not block.
+	OnEvict func(blobs int, bytes int64)
+}
+
+func (o *Options) setDefaults() {
+	if o.HighWatermark <= 0 {
+		o.HighWatermark = 90
+	}
+	if o.LowWatermark <= 0 {
+		o.LowWatermark = 80
+	}
+	if o.AccessFlushInterval <= 0 {
+		o.AccessFlushInterval = 10 * time.Second
+	}
+	if o.EvictRetryInterval <= 0 {
+		o.EvictRetryInterval = 5 * time.Second
+	}
 }
 
 // Source says where a blob or manifest was obtained.
@@ -68,6 +99,7 @@ type TagRecord struct {
 type Store struct {
 	root string
 	db   *bolt.DB
+	opts Options
 
 	// ctx lives until Close; fills derive their download context from it so that Close
 	// cancels them.
@@ -83,7 +115,23 @@ type Store struct {
 
 	// commitMu serialises the check-rename-record sequence of commits, so that two commits
 	// of the same digest cannot interleave and leave the index disagreeing with the files.
+	// Removals take it too, so that a removal never unlinks a file a commit just renamed in.
 	commitMu sync.Mutex
+
+	// pins counts the open readers of each committed blob (guarded by mu): a pinned blob
+	// is not removed. evicting marks the blobs a removal is deleting, which OpenBlob then
+	// reports as not found. touched holds access times not yet written to the index.
+	pins     map[digest.Digest]int
+	evicting map[digest.Digest]struct{}
+	touched  map[digest.Digest]time.Time
+
+	// evictMu lets one eviction (or removal) run at a time; evictNow wakes the evictor.
+	evictMu  sync.Mutex
+	evictNow chan struct{}
+	// flushNow asks for the access times to be written before the interval (many touched).
+	flushNow chan struct{}
+	// bg counts the store's own goroutines (access flusher, evictor), stopped by Close.
+	bg sync.WaitGroup
 
 	// wrapFillFile, when set (by tests), replaces the writer a fill writes its file through.
 	wrapFillFile func(*os.File) io.WriterAt
@@ -93,10 +141,17 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the store at opts.Root. Fill files left by a previous run
-// are removed: a fill does not survive its process.
+// are removed: a fill does not survive its process. A damaged index is moved aside and, like
+// a missing one, rebuilt from the blob files (see recover.go); Open does not read the blob
+// directory otherwise, and keeps no state per blob in memory.
 func Open(ctx context.Context, opts Options) (*Store, error) {
 	if opts.Root == "" {
 		return nil, fmt.Errorf("blobcache: empty root: %w", errdefs.ErrInvalidArgument)
+	}
+	opts.setDefaults()
+	if opts.LowWatermark > opts.HighWatermark || opts.HighWatermark > 100 {
+		return nil, fmt.Errorf("blobcache: watermarks %d%%/%d%%: low must not exceed high, high at most 100: %w",
+			opts.LowWatermark, opts.HighWatermark, errdefs.ErrInvalidArgument)
 	}
 	root := opts.Root
 	if err := os.MkdirAll(root, 0o700); err != nil {
@@ -108,18 +163,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 
 	// The index lock must be held before fills/ is cleaned: otherwise a second daemon
 	// started by mistake would delete the running one's downloads before failing.
-	dbPath := filepath.Join(root, indexFile)
-	db, err := bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: indexLockTimeout})
+	db, err := openIndex(ctx, root)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("open index %s: locked by another process after %s (is another containerd-blobcache using root %s?): %w",
-				dbPath, indexLockTimeout, root, errdefs.ErrUnavailable)
-		}
-		return nil, fmt.Errorf("open index %s: %w", dbPath, err)
-	}
-	if err := initIndex(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("initialise index %s: %w", dbPath, err)
+		return nil, err
 	}
 	if err := resetFills(ctx, filepath.Join(root, fillsDir)); err != nil {
 		db.Close()
@@ -127,13 +173,28 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	return &Store{
-		root:   root,
-		db:     db,
-		ctx:    sctx,
-		cancel: cancel,
-		fills:  make(map[digest.Digest]*Fill),
-	}, nil
+	s := &Store{
+		root:     root,
+		db:       db,
+		opts:     opts,
+		ctx:      sctx,
+		cancel:   cancel,
+		fills:    make(map[digest.Digest]*Fill),
+		pins:     make(map[digest.Digest]int),
+		evicting: make(map[digest.Digest]struct{}),
+		touched:  make(map[digest.Digest]time.Time),
+		evictNow: make(chan struct{}, 1),
+		flushNow: make(chan struct{}, 1),
+	}
+	if err := s.finishIntents(ctx); err != nil {
+		cancel()
+		db.Close()
+		return nil, err
+	}
+	s.bg.Add(1)
+	go s.background(sctx)
+	s.maybeEvict()
+	return s, nil
 }
 
 func resetFills(ctx context.Context, dir string) error {
@@ -174,6 +235,10 @@ func (s *Store) Close() error {
 		f.fail(fillFailed("fill of %s: store closed", f.dgst))
 	}
 	s.wg.Wait()
+	s.bg.Wait()
+	if err := s.flushAccess(); err != nil {
+		log.G(s.ctx).WithError(err).Warn("cannot record access times at close")
+	}
 	return s.db.Close()
 }
 
@@ -237,13 +302,69 @@ func (s *Store) Info(ctx context.Context, dgst digest.Digest) (BlobInfo, error) 
 	return rec.info(dgst), nil
 }
 
-// OpenBlob opens a committed blob for reading; the caller closes the file. A blob whose
+// Blob is a committed blob opened for reading. While it is open the blob is not removed
+// (eviction skips it and tries again later); Close releases it.
+type Blob struct {
+	*os.File
+	once    sync.Once
+	release func()
+}
+
+// Close closes the file and lets the blob be evicted again.
+func (b *Blob) Close() error {
+	err := b.File.Close()
+	b.once.Do(b.release)
+	return err
+}
+
+// OpenBlob opens a committed blob for reading; the caller closes it. A blob whose
 // record and file disagree (file missing or of another size) is reported as not found, so
-// that it is fetched again rather than served truncated.
-func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*os.File, BlobInfo, error) {
+// that it is fetched again rather than served truncated. A blob whose record was rebuilt
+// from its file is hashed first; one that does not match its name is quarantined.
+func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, BlobInfo, error) {
 	if err := validateDigest(dgst); err != nil {
 		return nil, BlobInfo{}, err
 	}
+	unpin, err := s.pin(dgst)
+	if err != nil {
+		return nil, BlobInfo{}, err
+	}
+	f, info, err := s.openPinned(ctx, dgst)
+	if err != nil {
+		unpin()
+		return nil, BlobInfo{}, err
+	}
+	return &Blob{File: f, release: unpin}, info, nil
+}
+
+// pin counts one more reader of dgst and records the access.
+func (s *Store) pin(dgst digest.Digest) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
+	if _, ok := s.evicting[dgst]; ok {
+		return nil, fmt.Errorf("blob %s: being removed: %w", dgst, errdefs.ErrNotFound)
+	}
+	s.pins[dgst]++
+	s.touched[dgst] = time.Now().UTC()
+	if len(s.touched) >= flushBatch {
+		select {
+		case s.flushNow <- struct{}{}:
+		default:
+		}
+	}
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.pins[dgst]--; s.pins[dgst] <= 0 {
+			delete(s.pins, dgst)
+		}
+	}, nil
+}
+
+func (s *Store) openPinned(ctx context.Context, dgst digest.Digest) (*os.File, BlobInfo, error) {
 	rec, err := s.lookup(dgst)
 	if err != nil {
 		return nil, BlobInfo{}, err
@@ -269,6 +390,12 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*os.File, Blo
 		f.Close()
 		log.G(ctx).WithFields(log.Fields{"digest": dgst, "size": fi.Size(), "expected": rec.Size}).Warn("blob file has the wrong size, ignoring it")
 		return nil, BlobInfo{}, fmt.Errorf("blob %s: file size %d, recorded %d: %w", dgst, fi.Size(), rec.Size, errdefs.ErrNotFound)
+	}
+	if rec.Unverified {
+		if err := s.verifyOpened(ctx, f, dgst); err != nil {
+			f.Close()
+			return nil, BlobInfo{}, err
+		}
 	}
 	return f, rec.info(dgst), nil
 }
@@ -410,7 +537,11 @@ func (s *Store) commit(ctx context.Context, file *os.File, dgst digest.Digest, s
 		}
 	case err == nil || errors.Is(err, fs.ErrNotExist):
 		// Missing, or a file of the wrong size that no verified commit can have left:
-		// replace it.
+		// replace it. The intent makes a crash between the rename and the record end
+		// with the file removed at the next start, not kept unrecorded.
+		if err := s.db.Update(func(tx *bolt.Tx) error { return putIntent(tx, dgst) }); err != nil {
+			return storageFailed("record commit intent", err)
+		}
 		if err := os.Rename(file.Name(), target); err != nil {
 			return storageFailed("rename fill into blobs", err)
 		}
@@ -437,8 +568,12 @@ func (s *Store) commit(ctx context.Context, file *os.File, dgst digest.Digest, s
 			rec.MediaType = mediaType
 		}
 		rec.LastAccess = now
+		rec.Unverified = false
 		rec.addSource(src)
-		return putBlob(tx, dgst, rec)
+		if err := putBlob(tx, dgst, rec); err != nil {
+			return err
+		}
+		return deleteIntent(tx, dgst)
 	})
 	if err != nil {
 		if renamed {
@@ -446,6 +581,7 @@ func (s *Store) commit(ctx context.Context, file *os.File, dgst digest.Digest, s
 		}
 		return storageFailed("record blob in index", err)
 	}
+	s.maybeEvict()
 	return nil
 }
 
@@ -469,16 +605,8 @@ func (s *Store) PutTag(ctx context.Context, registry, repository, tag string, re
 	if err := validateDigest(rec.Digest); err != nil {
 		return err
 	}
-	v, err := json.Marshal(tagRecord(rec))
-	if err != nil {
-		return err
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b, err := subBucket(tx, bucketTags)
-		if err != nil {
-			return err
-		}
-		return b.Put(tagKey(registry, repository, tag), v)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return putTagRecord(tx, tagKey(registry, repository, tag), tagRecord(rec))
 	})
 	if err != nil {
 		return fmt.Errorf("record tag: %w", err)

@@ -32,6 +32,7 @@ func TestServeContentAPI(t *testing.T) {
 	cfg.Root = t.TempDir()
 	cfg.Mirror.Address = "127.0.0.1:0"
 	cfg.Metrics.Address = "" // no metrics listener: the default port may be taken
+	cfg.Admin.Address = filepath.Join(t.TempDir(), "admin.sock")
 	cfg.Content.Enabled = true
 	cfg.Content.Address = filepath.Join(dir, "run", "content.sock")
 
@@ -88,6 +89,7 @@ func TestContentAPIDisabled(t *testing.T) {
 	cfg.Root = t.TempDir()
 	cfg.Mirror.Address = "127.0.0.1:0"
 	cfg.Metrics.Address = "" // no metrics listener: the default port may be taken
+	cfg.Admin.Address = filepath.Join(t.TempDir(), "admin.sock")
 	cfg.Content.Address = filepath.Join(t.TempDir(), "content.sock")
 	srv, err := New(context.Background(), cfg)
 	if err != nil {
@@ -113,6 +115,7 @@ func TestContentSocketInUse(t *testing.T) {
 	first.Root = t.TempDir()
 	first.Mirror.Address = "127.0.0.1:0"
 	first.Metrics.Address = "" // no metrics listener: the default port may be taken
+	first.Admin.Address = filepath.Join(t.TempDir(), "admin.sock")
 	first.Content.Enabled = true
 	first.Content.Address = filepath.Join(dir, "c.sock")
 	srv, err := New(context.Background(), first)

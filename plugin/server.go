@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -33,6 +34,9 @@ type Server struct {
 	health *metrics.Health
 	// debug is nil unless debug.address is set.
 	debug *debugServer
+	// admin is the admin API (plugin/admin) on its unix socket.
+	adminListener net.Listener
+	adminServer   *http.Server
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -41,7 +45,12 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store, err := blobcache.Open(ctx, blobcache.Options{Root: cfg.Root})
+	// The metrics are created after the store (they read it when scraped); evictions that
+	// start before then are not counted, and the pointer keeps the hand-over race-free.
+	var evictionMetrics atomic.Pointer[metrics.Metrics]
+	storeOpts := storeOptions(cfg)
+	storeOpts.OnEvict = func(blobs int, bytes int64) { evictionMetrics.Load().Evicted(blobs, bytes) }
+	store, err := blobcache.Open(ctx, storeOpts)
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s (root): %w", cfg.Root, err)
 	}
@@ -93,6 +102,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	if ops != nil {
 		opts.ObserveUpstream = ops.metrics.UpstreamResponded
 		opts.ObserveTokenFetch = ops.metrics.TokenFetched
+		evictionMetrics.Store(ops.metrics)
 	}
 	res, err := resolver.New(opts)
 	if err != nil {
@@ -110,6 +120,7 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		MaxManifestSize:   cfg.Store.MaxManifestSize,
 		AccessCheckTTL:    cfg.Upstream.PrivateAccessTTL.D(),
 		VerifyBeforeServe: cfg.Mirror.VerifyBeforeServe,
+		Tags:              tagPolicy(cfg),
 	})
 	if err != nil {
 		ops.close()
@@ -135,7 +146,16 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		store.Close()
 		return nil, fmt.Errorf("debug listener on %s (debug.address): %w", cfg.Debug.Address, err)
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg}, nil
+	aln, asrv, err := newAdmin(ctx, cfg, store, handler)
+	if err != nil {
+		dbg.close()
+		ops.close()
+		ln.Close()
+		closeContent()
+		store.Close()
+		return nil, err
+	}
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -161,8 +181,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		mirrorErr <- err
 	}()
+	go s.serveAdmin(ctx)
 	contentErr := make(chan error, 1)
-	fields := log.Fields{"mirror": s.MirrorAddress(), "root": s.cfg.Root, "version": version.Version}
+	fields := log.Fields{"mirror": s.MirrorAddress(), "admin": s.AdminAddress(), "root": s.cfg.Root, "version": version.Version}
 	if s.content != nil {
 		go func() { contentErr <- s.content.Serve() }()
 		fields["content"] = s.content.Address()
@@ -189,6 +210,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	log.G(ctx).Info("shutting down")
 	s.stopping(ctx)
+	s.adminServer.Close()
 	base := context.WithoutCancel(ctx)
 	done := make(chan struct{})
 	if s.content != nil {
@@ -233,6 +255,7 @@ func (s *Server) Close() error {
 	s.ops.close()
 	s.mirrorListener.Close()
 	s.debug.close()
+	s.adminListener.Close()
 	if s.content != nil {
 		s.content.Close()
 	}

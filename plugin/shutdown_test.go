@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,7 @@ func TestShutdownLetsRequestsFinishAndClosesTheStore(t *testing.T) {
 	cfg.Root = t.TempDir()
 	cfg.Mirror.Address = "127.0.0.1:0"
 	cfg.Metrics.Address = "" // no metrics listener: the default port may be taken
+	cfg.Admin.Address = filepath.Join(t.TempDir(), "admin.sock")
 	cfg.Upstream.PlainHTTP = []string{host}
 	cfg.Upstream.AllowPrivateNetworks = []string{host}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -23,7 +23,7 @@ const usage = `containerd-blobcache: a node-local pull-through cache for contain
 
 Usage:
   containerd-blobcache serve [--config FILE] [--root DIR] [--log-level LEVEL]
-                             [--content-address SOCKET]
+                             [--content-address SOCKET] [--admin-address SOCKET]
       Run the daemon. Without --config it runs on the embedded defaults
       (see "config default"). --content-address serves containerd's content
       API on SOCKET (content.enabled and content.address).
@@ -33,6 +33,22 @@ Usage:
       Check a configuration file and print the configuration it results in.
   containerd-blobcache version
       Print the version.
+
+Commands for a running daemon (over its admin socket; --address SOCKET or
+--config FILE to find it, --json for JSON output):
+  containerd-blobcache stats
+      Store size and limit, counts, hit ratio and bytes per registry.
+  containerd-blobcache ls [tags|manifests|blobs] [--registry R] [--repository R]
+                          [--digest PREFIX] [--limit N]
+      What is cached, most recently used first.
+  containerd-blobcache gc [--target SIZE]
+      Evict least recently used blobs down to SIZE (default the low watermark).
+  containerd-blobcache verify [DIGEST...]
+      Re-hash blobs (all by default); quarantine corrupt ones.
+  containerd-blobcache rm DIGEST | REGISTRY | REGISTRY/REPOSITORY[:TAG]
+      Forget a blob, a tag, a repository or a registry.
+  containerd-blobcache prefetch [--platform P] IMAGE...
+      Fetch images into the cache the way a pull would.
 ` + installUsage
 
 func main() {
@@ -58,6 +74,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
+		if cmd, ok := adminCommands[args[0]]; ok {
+			err = cmd(args[1:], stdout, stderr)
+			break
+		}
 		fmt.Fprintf(stderr, "containerd-blobcache: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
@@ -96,6 +116,7 @@ func serve(args []string, stderr io.Writer) error {
 	root := fs.String("root", "", "state directory (overrides the config's root)")
 	level := fs.String("log-level", "", "log level (overrides the config's log_level)")
 	contentAddress := fs.String("content-address", "", "serve the content API on this unix socket (sets content.enabled and content.address)")
+	adminAddress := fs.String("admin-address", "", "serve the admin API on this unix socket (sets admin.address)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -115,6 +136,9 @@ func serve(args []string, stderr io.Writer) error {
 	if *contentAddress != "" {
 		cfg.Content.Enabled = true
 		cfg.Content.Address = *contentAddress
+	}
+	if *adminAddress != "" {
+		cfg.Admin.Address = *adminAddress
 	}
 	if err := cfg.Validate(); err != nil {
 		return err

@@ -61,6 +61,11 @@ type DaemonConfig struct {
 
 	TagFreshness string
 
+	// AdminAddress is the admin socket; StartDaemon puts it in a short temporary directory.
+	AdminAddress string
+	// Store is appended to the [store] table verbatim ("max_size = \"10MiB\"").
+	Store string
+
 	// Registries are "host:port" entries added to both PlainHTTP and AllowPrivateNetworks.
 	Registries []string
 	// UpstreamExtra is written verbatim inside [upstream] (credentials_file, hosts_dir...).
@@ -96,7 +101,13 @@ func (c DaemonConfig) TOML() string {
 	if c.UpstreamExtra != "" {
 		b.WriteString(c.UpstreamExtra + "\n")
 	}
+	if c.AdminAddress != "" {
+		fmt.Fprintf(&b, "\n[admin]\naddress = %s\n", tomlString(c.AdminAddress))
+	}
 	b.WriteString("\n[store]\n")
+	if c.Store != "" {
+		b.WriteString(c.Store + "\n")
+	}
 	if c.TagFreshness != "" {
 		fmt.Fprintf(&b, "tag_freshness = %s\n", tomlString(c.TagFreshness))
 	}
@@ -278,6 +289,9 @@ func StartDaemonAs(t testing.TB, cfg DaemonConfig, cred *syscall.Credential, dir
 	}
 	if cfg.StallTimeout == "" {
 		cfg.StallTimeout = "15s"
+	}
+	if cfg.AdminAddress == "" {
+		cfg.AdminAddress = filepath.Join(ShortTempDir(t, "bc-admin-"), "admin.sock")
 	}
 	d := &Daemon{
 		Config:     cfg,

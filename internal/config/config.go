@@ -39,6 +39,7 @@ type Config struct {
 	Content  ContentConfig  `toml:"content"`
 	Metrics  MetricsConfig  `toml:"metrics"`
 	Debug    DebugConfig    `toml:"debug"`
+	Admin    AdminConfig    `toml:"admin"`
 }
 
 // DebugConfig configures the optional debug listener (Go's pprof handlers).
@@ -102,6 +103,18 @@ const DefaultHostsDir = "/etc/containerd-blobcache/certs.d"
 type StoreConfig struct {
 	TagFreshness    Duration `toml:"tag_freshness"`
 	MaxManifestSize int64    `toml:"max_manifest_size"`
+
+	// Size limit and eviction (see store_limits.go).
+	MaxSize             Size     `toml:"max_size"`
+	HighWatermark       int      `toml:"high_watermark"`
+	LowWatermark        int      `toml:"low_watermark"`
+	AccessFlushInterval Duration `toml:"access_flush_interval"`
+
+	// Tag policy.
+	RegistryTagFreshness map[string]Duration `toml:"registry_tag_freshness"`
+	AlwaysRevalidate     []string            `toml:"always_revalidate"`
+	MaxStaleness         Duration            `toml:"max_staleness"`
+	NegativeTTL          Duration            `toml:"negative_ttl"`
 }
 
 // Default returns the embedded defaults: a configuration that works on a real node as it is.
@@ -130,6 +143,15 @@ func Default() Config {
 			TagFreshness: Duration(time.Minute),
 			// containerd refuses manifests larger than 4 MiB; anything bigger is not worth keeping.
 			MaxManifestSize: 4 << 20,
+
+			MaxSize:              Size(20 << 30),
+			HighWatermark:        90,
+			LowWatermark:         80,
+			AccessFlushInterval:  Duration(10 * time.Second),
+			RegistryTagFreshness: map[string]Duration{},
+			AlwaysRevalidate:     []string{},
+			MaxStaleness:         Duration(24 * time.Hour),
+			NegativeTTL:          Duration(15 * time.Second),
 		},
 		Content: ContentConfig{
 			// Off by default: serving containerd's content store is a choice made together
@@ -141,6 +163,7 @@ func Default() Config {
 			ShutdownTimeout: Duration(5 * time.Second),
 		},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
+		Admin:   AdminConfig{Address: DefaultAdminAddress},
 	}
 }
 
@@ -276,7 +299,7 @@ func (c Config) Validate() error {
 	if g := c.Content.SocketGroup; g != "" && (strings.ContainsAny(g, " \t\n:/") || strings.HasPrefix(g, "-")) {
 		return bad("content.socket_group", "%q is not a group name or numeric gid", g)
 	}
-	return nil
+	return c.validateCache(bad)
 }
 
 // MatchRegistry reports whether host matches one of the glob patterns (path.Match syntax,

@@ -88,6 +88,39 @@ log_level = "info"
   # Largest manifest accepted from a registry, in bytes (containerd refuses more than 4 MiB).
   max_manifest_size = 4194304
 
+  # Size the store keeps itself under: bytes, or a string with a unit ("500MB", "20GiB").
+  # "0" means no limit (the disk is the limit: not recommended).
+  max_size = "20GiB"
+
+  # When the blobs pass high_watermark percent of max_size, the least recently used are
+  # evicted until they are under low_watermark percent. Blobs containerd holds (content
+  # API) and blobs being read or downloaded are never evicted; tags pointing at an evicted
+  # manifest go with it.
+  high_watermark = 90
+  # The mark eviction brings the store down to, in percent of max_size.
+  low_watermark = 80
+
+  # Access times are kept in memory and written to the index this often, in one
+  # transaction (and before every eviction, and at shutdown).
+  access_flush_interval = "10s"
+
+  # Freshness window per registry (glob pattern = duration), overriding tag_freshness; the
+  # longest matching pattern wins. Example: { "docker.io" = "10m", "*.internal" = "10s" }
+  registry_tag_freshness = {}
+
+  # Tags that are revalidated upstream at every request, whatever their freshness. A
+  # pattern without ":" matches the tag ("latest", "nightly-*"); one with ":" matches
+  # "registry/repository:tag" part by part ("docker.io/library/*:stable").
+  always_revalidate = []
+
+  # When a registry cannot be reached (or answers 429/5xx), the last known digest of a tag
+  # is served (marked stale) for at most this long after it was last fetched or revalidated.
+  max_staleness = "24h"
+
+  # An upstream 404 for a manifest is remembered this long and answered from memory
+  # (per registry, repository, reference and credentials). "0s" turns it off.
+  negative_ttl = "15s"
+
 [content]
   # Serve containerd's content API on a unix socket, over the same store, so that containerd
   # keeps its blobs here: each blob on disk once, and a blob containerd garbage-collected
@@ -125,4 +158,9 @@ log_level = "info"
   # (goroutine counts and stacks, heap, CPU profiles). Empty: off. Loopback addresses only:
   # profiles reveal internals and cost CPU.
   address = ""
+
+[admin]
+  # Unix socket (mode 0600, root only) of the admin API used by the stats, ls, gc, verify,
+  # rm and prefetch commands while the daemon runs. Its directory is created when missing.
+  address = "/run/containerd-blobcache/admin.sock"
 `

@@ -46,6 +46,9 @@ type Options struct {
 	AccessCheckTTL time.Duration
 	// VerifyBeforeServe sends a blob fetched on a miss only once it is verified.
 	VerifyBeforeServe bool
+	// Tags refines TagFreshness: per registry, always-revalidated tags, stale and negative
+	// answers (tags.go).
+	Tags TagPolicy
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -61,7 +64,10 @@ type Handler struct {
 	now             func() time.Time
 	access          *accessCache
 	// probes holds the anonymous probes in flight (see probePublic), one per object.
-	probes sync.Map
+	probes   sync.Map
+	tags     TagPolicy
+	negative negativeCache
+	stats    stats
 }
 
 // New returns a Handler.
@@ -87,6 +93,7 @@ func New(opts Options) (*Handler, error) {
 		verifyFirst:     opts.VerifyBeforeServe,
 		now:             opts.Now,
 		access:          newAccessCache(opts.AccessCheckTTL, opts.Now),
+		tags:            opts.Tags,
 	}, nil
 }
 
@@ -130,6 +137,7 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			w.aborted = true
 		}
 		h.logRequest(r.Context(), q, start)
+		h.stats.record(q)
 		if rec != nil {
 			panic(rec)
 		}
@@ -253,11 +261,17 @@ func (h *Handler) serveManifest(q *request) {
 		if h.serveStored(q, q.target.dgst, resultHit, true) {
 			return
 		}
+		if h.serveNegative(q) {
+			return
+		}
 		h.fetchManifest(q)
 		return
 	}
 
 	rec, err := h.store.GetTag(ctx, q.endpoint.Name, q.target.repo, q.target.tag)
+	if err != nil && h.serveNegative(q) {
+		return
+	}
 	switch {
 	case errdefs.IsNotFound(err):
 		h.fetchManifest(q)
@@ -271,7 +285,7 @@ func (h *Handler) serveManifest(q *request) {
 		h.fetchManifest(q)
 		return
 	}
-	if h.now().Sub(rec.FetchedAt) < h.tagFreshness {
+	if h.now().Sub(rec.FetchedAt) < h.freshness(q.endpoint.Name) && !h.alwaysRevalidate(q.endpoint.Name, q.target.repo, q.target.tag) {
 		if h.serveStored(q, rec.Digest, resultHit, true) {
 			return
 		}
@@ -296,6 +310,11 @@ func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 		} else {
 			entry = entry.WithField("upstream_status", resp.StatusCode)
 		}
+		if h.tooStale(rec.FetchedAt) {
+			entry.WithField("max_staleness", h.tags.MaxStaleness).Warn("upstream cannot revalidate tag and the stored digest is too old to serve")
+			h.fail(q, newAPIError(http.StatusBadGateway, "UNAVAILABLE", "upstream unavailable and the stored tag is older than store.max_staleness"))
+			return
+		}
 		entry.Info("upstream cannot revalidate tag; serving the stored digest")
 		q.w.Header().Set("Warning", `110 - "Response is Stale"`)
 		if h.serveStored(q, rec.Digest, resultStale, true) {
@@ -306,7 +325,7 @@ func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		h.passUpstreamStatus(q, resp)
+		h.passManifestStatus(q, resp)
 		return
 	}
 	if resp.Header.Get("Docker-Content-Digest") == rec.Digest.String() {
@@ -332,7 +351,7 @@ func (h *Handler) fetchManifest(q *request) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		h.passUpstreamStatus(q, resp)
+		h.passManifestStatus(q, resp)
 		return
 	}
 	if resp.ContentLength > h.maxManifestSize {

@@ -173,9 +173,15 @@ func waitFor(t *testing.T, cond func() bool) {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureAt(t, t.TempDir())
+}
+
+// newFixtureAt is newFixture over the store at root.
+func newFixtureAt(t *testing.T, root string) *fixture {
+	t.Helper()
 	fx := &fixture{t: t, upstream: newFakeRegistry(t)}
 	fx.clock.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	store, err := blobcache.Open(context.Background(), blobcache.Options{Root: t.TempDir()})
+	store, err := blobcache.Open(context.Background(), blobcache.Options{Root: root})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,8 +416,8 @@ func TestBlobMissThenHitWithRanges(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(ResultHeader) != "miss" || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
 		t.Fatalf("miss: %d %v", resp.StatusCode, resp.Header)
 	}
-	// Readers finish as soon as the bytes are verified; the commit follows.
-	waitFor(t, func() bool { _, err := fx.store.Info(context.Background(), dgst); return err == nil })
+	// The commit (file renamed, then recorded) ends just after the client got its body.
+	waitFor(t, func() bool { _, err := fx.store.Info(t.Context(), dgst); return err == nil })
 	if _, err := os.Stat(filepath.Join(fx.store.Root(), "blobs", "sha256", dgst.Encoded())); err != nil {
 		t.Fatalf("blob not in containerd's layout: %v", err)
 	}

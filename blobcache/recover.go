@@ -1,0 +1,251 @@
+package blobcache
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// quarantineDir receives blob files whose bytes do not match their name, for the operator
+// to look at; nothing in it is ever served.
+const quarantineDir = "quarantine"
+
+// rebuildBatch is how many records one transaction of a rebuild writes.
+const rebuildBatch = 1000
+
+// openIndex opens root/index.db. An index that cannot be opened or read (garbage, truncated,
+// a panic inside bbolt) is moved aside as index.db.damaged-<time> and a new one is built
+// from the blob files, as is a missing index when blob files exist: the daemon starts with
+// the blobs it has instead of failing again at every restart. Only a lock held by another
+// process is an error.
+func openIndex(ctx context.Context, root string) (*bolt.DB, error) {
+	dbPath := filepath.Join(root, indexFile)
+	_, statErr := os.Stat(dbPath)
+	missing := errors.Is(statErr, fs.ErrNotExist)
+
+	db, err := tryOpenIndex(dbPath)
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open index %s: locked by another process after %s (is another containerd-blobcache using root %s?): %w",
+			dbPath, indexLockTimeout, root, errdefs.ErrUnavailable)
+	}
+	rebuild := false
+	if err != nil {
+		aside := fmt.Sprintf("%s.damaged-%s", dbPath, time.Now().UTC().Format("20060102T150405Z"))
+		log.G(ctx).WithError(err).WithFields(log.Fields{"index": dbPath, "moved_to": aside}).
+			Error("index is damaged; moving it aside and rebuilding it from the blob files")
+		if rerr := os.Rename(dbPath, aside); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return nil, fmt.Errorf("move damaged index %s aside: %w", dbPath, rerr)
+		}
+		if db, err = tryOpenIndex(dbPath); err != nil {
+			return nil, fmt.Errorf("create new index %s: %w", dbPath, err)
+		}
+		rebuild = true
+	} else if missing {
+		rebuild = hasBlobFiles(filepath.Join(root, "blobs", string(digest.SHA256)))
+		if rebuild {
+			log.G(ctx).WithField("index", dbPath).Warn("index is missing but blob files exist; rebuilding it from them")
+		}
+	}
+	if rebuild {
+		start := time.Now()
+		n, err := rebuildIndex(db, root)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("rebuild index %s: %w", dbPath, err)
+		}
+		log.G(ctx).WithFields(log.Fields{"blobs": n, "duration": time.Since(start).Round(time.Millisecond)}).
+			Info("index rebuilt from blob files; each blob is hashed before it is first served")
+	}
+	return db, nil
+}
+
+// tryOpenIndex opens and initialises the index, turning a panic inside bbolt (which it
+// raises on some corrupt pages) into an error.
+func tryOpenIndex(dbPath string) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if db != nil {
+				db.Close()
+			}
+			db, err = nil, fmt.Errorf("index unreadable: %v: %w", r, errdefs.ErrDataLoss)
+		}
+	}()
+	db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: indexLockTimeout})
+	if err != nil {
+		return nil, err
+	}
+	if err := initIndex(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialise index: %w", err)
+	}
+	if err := migrateIndex(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate index: %w", err)
+	}
+	return db, nil
+}
+
+func hasBlobFiles(dir string) bool {
+	d, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(1)
+	return len(names) > 0
+}
+
+// rebuildIndex records every blob file whose name is a sha256 digest, with the size of the
+// file and marked unverified. Access times are the files' modification times, so the
+// oldest are evicted first. Holds and tags are lost: containerd holds again what it uses,
+// and tags are fetched again.
+func rebuildIndex(db *bolt.DB, root string) (int, error) {
+	dir := filepath.Join(root, "blobs", string(digest.SHA256))
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for len(entries) > 0 {
+		batch := entries[:min(rebuildBatch, len(entries))]
+		entries = entries[len(batch):]
+		err := db.Update(func(tx *bolt.Tx) error {
+			for _, e := range batch {
+				dgst := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
+				if !e.Type().IsRegular() || dgst.Validate() != nil {
+					continue
+				}
+				fi, err := e.Info()
+				if err != nil {
+					continue
+				}
+				t := fi.ModTime().UTC()
+				rec := &blobRecord{Size: fi.Size(), CreatedAt: t, LastAccess: t, Unverified: true}
+				if err := putBlob(tx, dgst, rec); err != nil {
+					return err
+				}
+				n++
+			}
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func putIntent(tx *bolt.Tx, dgst digest.Digest) error {
+	b, err := subBucket(tx, bucketIntents)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(dgst), nil)
+}
+
+func deleteIntent(tx *bolt.Tx, dgst digest.Digest) error {
+	b, err := subBucket(tx, bucketIntents)
+	if err != nil {
+		return err
+	}
+	return b.Delete([]byte(dgst))
+}
+
+// finishIntents completes what a crash interrupted: a blob file renamed in or being removed
+// whose record does not exist is removed. There are only as many intents as commits and
+// removals were running, so this costs nothing at a normal start.
+func (s *Store) finishIntents(ctx context.Context) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b, err := subBucket(tx, bucketIntents)
+		if err != nil {
+			return err
+		}
+		var pending []digest.Digest
+		if err := b.ForEach(func(k, _ []byte) error {
+			pending = append(pending, digest.Digest(k))
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, dgst := range pending {
+			rec, err := getBlob(tx, dgst)
+			if err != nil {
+				return err
+			}
+			if rec == nil && validateDigest(dgst) == nil {
+				err := os.Remove(s.blobPath(dgst))
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("remove unrecorded blob %s: %w", dgst, err)
+				}
+				if err == nil {
+					log.G(ctx).WithField("digest", dgst).Info("removed a blob file whose commit or removal a crash interrupted")
+				}
+			}
+			if err := b.Delete([]byte(dgst)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// verifyOpened hashes an unverified blob. A match clears the flag; a mismatch moves the
+// file to quarantine and drops the record, and the blob is reported as not found.
+func (s *Store) verifyOpened(ctx context.Context, f *os.File, dgst digest.Digest) error {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
+		return storageFailed("hash blob "+dgst.String(), err)
+	}
+	if got := digest.NewDigest(digest.SHA256, h); got != dgst {
+		log.G(ctx).WithFields(log.Fields{"digest": dgst, "actual": got}).Error("blob file does not match its name; quarantining it")
+		if err := s.quarantine(dgst); err != nil {
+			log.G(ctx).WithError(err).Warn("cannot quarantine blob")
+		}
+		return fmt.Errorf("blob %s: file is corrupt: %w", dgst, errdefs.ErrNotFound)
+	}
+	err := s.updateBlob(dgst, func(rec *blobRecord) bool {
+		changed := rec.Unverified
+		rec.Unverified = false
+		return changed
+	})
+	if err != nil && !errdefs.IsNotFound(err) {
+		log.G(ctx).WithError(err).Warn("cannot record blob verification")
+	}
+	return nil
+}
+
+// quarantine moves the file of dgst into root/quarantine and drops its record and tags.
+func (s *Store) quarantine(dgst digest.Digest) error {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	dir := filepath.Join(s.root, quarantineDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if _, _, err := deleteBlob(tx, dgst); err != nil {
+			return err
+		}
+		return putIntent(tx, dgst)
+	})
+	if err != nil {
+		return err
+	}
+	err = os.Rename(s.blobPath(dgst), filepath.Join(dir, dgst.Encoded()))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return deleteIntent(tx, dgst) })
+}

@@ -1,0 +1,117 @@
+package admin
+
+import (
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
+)
+
+// The types below are the API's JSON, shared with the CLI: field names are stable.
+
+// Paths of the API.
+const (
+	PathStats    = "/v1/stats"
+	PathList     = "/v1/ls"
+	PathGC       = "/v1/gc"
+	PathVerify   = "/v1/verify"
+	PathRemove   = "/v1/rm"
+	PathPrefetch = "/v1/prefetch"
+)
+
+// StatsResponse answers GET /v1/stats.
+type StatsResponse struct {
+	Store      StoreStats              `json:"store"`
+	Total      TrafficStats            `json:"total"`
+	Registries map[string]TrafficStats `json:"registries"`
+	Since      time.Time               `json:"since"`
+}
+
+// StoreStats is the state of the store.
+type StoreStats struct {
+	Size      int64 `json:"size"`
+	MaxSize   int64 `json:"maxSize"`
+	High      int64 `json:"highWatermark"`
+	Low       int64 `json:"lowWatermark"`
+	Blobs     int64 `json:"blobs"`
+	Manifests int64 `json:"manifests"`
+	Tags      int64 `json:"tags"`
+	Held      int64 `json:"held"`
+}
+
+// TrafficStats is what the mirror answered for a registry since the daemon started.
+type TrafficStats struct {
+	mirror.RegistryStats
+	HitRatio float64 `json:"hitRatio"`
+}
+
+// ListEntry is one line of GET /v1/ls: a blob (kind "blob" or "manifest") or a tag.
+type ListEntry struct {
+	Kind       string        `json:"kind"`
+	Digest     digest.Digest `json:"digest"`
+	Size       int64         `json:"size"`
+	MediaType  string        `json:"mediaType,omitempty"`
+	LastAccess *time.Time    `json:"lastAccess,omitempty"`
+	Created    *time.Time    `json:"created,omitempty"`
+	Sources    []string      `json:"sources,omitempty"`
+	Held       bool          `json:"held,omitempty"`
+	// Tags only.
+	Registry   string     `json:"registry,omitempty"`
+	Repository string     `json:"repository,omitempty"`
+	Tag        string     `json:"tag,omitempty"`
+	FetchedAt  *time.Time `json:"fetchedAt,omitempty"`
+}
+
+// GCRequest is the body of POST /v1/gc.
+type GCRequest struct {
+	// Target is the size to evict down to, in bytes; negative means the low watermark.
+	Target int64 `json:"target"`
+}
+
+// VerifyRequest is the body of POST /v1/verify; no digests means all blobs.
+type VerifyRequest struct {
+	Digests []digest.Digest `json:"digests,omitempty"`
+}
+
+// RemoveRequest is the body of POST /v1/rm: a digest, a tag (registry, repository, tag),
+// a repository (registry, repository) or a whole registry.
+type RemoveRequest struct {
+	Digest     digest.Digest `json:"digest,omitempty"`
+	Registry   string        `json:"registry,omitempty"`
+	Repository string        `json:"repository,omitempty"`
+	Tag        string        `json:"tag,omitempty"`
+}
+
+// RemoveResponse says what POST /v1/rm removed.
+type RemoveResponse struct {
+	blobcache.EvictResult
+	TagRemoved bool `json:"tagRemoved,omitempty"`
+}
+
+// PrefetchRequest is the body of POST /v1/prefetch.
+type PrefetchRequest struct {
+	Image    string `json:"image"`
+	Platform string `json:"platform,omitempty"`
+}
+
+// PrefetchEvent is one line of the newline-delimited JSON stream POST /v1/prefetch answers
+// with: "resolved" (the image's digest), "blob" (progress of one blob: Done of Size
+// bytes, Result once complete), "done" or "error".
+type PrefetchEvent struct {
+	Event     string        `json:"event"`
+	Image     string        `json:"image,omitempty"`
+	Digest    digest.Digest `json:"digest,omitempty"`
+	MediaType string        `json:"mediaType,omitempty"`
+	Size      int64         `json:"size,omitempty"`
+	Done      int64         `json:"done,omitempty"`
+	Result    string        `json:"result,omitempty"`
+	Platform  string        `json:"platform,omitempty"`
+	Error     string        `json:"error,omitempty"`
+}
+
+// ErrorResponse is the body of every non-2xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
