@@ -31,6 +31,13 @@ func TestMeasureEvictionWhileServing(t *testing.T) {
 	}
 	fx := newFixtureAt(t, root)
 	hotSet := seeded[cold:]
+	// Seeded records have no source, which the mirror treats as private: record the hot
+	// blobs as fetched anonymously, as a cold pull through the mirror would have.
+	for _, d := range hotSet {
+		if err := fx.store.AddSource(context.Background(), d, blobcache.Source{Registry: fx.upstream.host(), Repository: "app"}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	var latMu sync.Mutex
 	measure := func(stop <-chan struct{}) []time.Duration {
