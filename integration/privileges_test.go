@@ -38,17 +38,19 @@ func TestRunsAsNonRoot(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	socket := filepath.Join(run, "content.sock")
-	cfg := harness.DaemonConfig{Root: filepath.Join(state, "store"), Registries: []string{o.proxy.Host}, Extra: harness.ContentConfig(socket)}
+	socket, adminSocket := filepath.Join(run, "content.sock"), filepath.Join(run, "admin.sock")
+	cfg := harness.DaemonConfig{Root: filepath.Join(state, "store"), Registries: []string{o.proxy.Host}, AdminAddress: adminSocket, Extra: harness.ContentConfig(socket)}
 	daemon := harness.StartDaemonAs(t, cfg, &syscall.Credential{Uid: nobody, Gid: nobody}, base)
 
-	fi, err := os.Stat(socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := fi.Sys().(*syscall.Stat_t)
-	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 || st.Uid != nobody {
-		t.Errorf("content socket: mode %v owner %d, want a 0600 socket owned by %d", fi.Mode(), st.Uid, nobody)
+	for name, path := range map[string]string{"content": socket, "admin": adminSocket} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 || st.Uid != nobody {
+			t.Errorf("%s socket: mode %v owner %d, want a 0600 socket owned by %d", name, fi.Mode(), st.Uid, nobody)
+		}
 	}
 	if pst, err := os.Stat("/proc/" + strconv.Itoa(daemon.Process.PID())); err != nil || pst.Sys().(*syscall.Stat_t).Uid != nobody {
 		t.Fatalf("daemon process not running as %d: %v", nobody, err)

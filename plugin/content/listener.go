@@ -83,7 +83,7 @@ func Listen(ctx context.Context, path, group string) (net.Listener, error) {
 	}
 	fi, err := os.Lstat(path)
 	if err != nil {
-		return fail(fmt.Errorf("stat content socket: %w", err))
+		return fail(fmt.Errorf("stat socket: %w", err))
 	}
 	return &socketListener{UnixListener: ul, path: path, file: fi}, nil
 }
@@ -161,7 +161,7 @@ func removeStale(ctx context.Context, path string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("stat content socket: %w", err)
+		return fmt.Errorf("stat socket: %w", err)
 	}
 	if fi.Mode()&fs.ModeSocket == 0 {
 		return fmt.Errorf("content socket path %s exists and is not a socket: %w", path, errdefs.ErrAlreadyExists)
