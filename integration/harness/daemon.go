@@ -185,11 +185,12 @@ func DaemonBinary(t testing.TB) string {
 	return daemonBuild.path
 }
 
-// CleanupBuilds removes what DaemonBinary built.
+// CleanupBuilds removes what DaemonBinary and DaemonBinaryNoRace built.
 func CleanupBuilds() {
 	if daemonBuild.dir != "" {
 		os.RemoveAll(daemonBuild.dir)
 	}
+	cleanupPlainBuild()
 }
 
 // Main runs the tests and removes the daemon build afterwards; use it as TestMain's body.
@@ -203,7 +204,13 @@ func Main(m *testing.M) {
 // `containerd-blobcache serve --config FILE`, waiting until GET /v2/ answers 200.
 func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	t.Helper()
-	bin := DaemonBinary(t)
+	return StartDaemonFrom(t, DaemonBinary(t), cfg)
+}
+
+// StartDaemonFrom is StartDaemon with the daemon binary at bin (for example
+// DaemonBinaryNoRace for benchmarks).
+func StartDaemonFrom(t testing.TB, bin string, cfg DaemonConfig) *Daemon {
+	t.Helper()
 	dir := t.TempDir()
 	if cfg.Root == "" {
 		cfg.Root = filepath.Join(dir, "root")
