@@ -345,7 +345,7 @@ func (e *env) coldPull(t *testing.T, rep *Report) {
 	}
 	ours, direct, dist := MedianDuration(samples["cache"]), MedianDuration(samples["direct"]), MedianDuration(samples["dist"])
 	rep.Add(ratioRow(Row{
-		Scenario: fmt.Sprintf("cold pull, %d MB %d-layer image, %d Mbit/s + %v each way", e.imageBytes/1e6, len(e.image.Layers), e.cfg.LinkMbit, e.cfg.LinkDelay),
+		Scenario: fmt.Sprintf("cold pull, %d MiB %d-layer image, %d Mbit/s + %v each way", e.imageBytes>>20, len(e.image.Layers), e.cfg.LinkMbit, e.cfg.LinkDelay),
 		Measure:  "`ctr image pull` wall time",
 		Ours:     FormatSeconds(ours),
 		Others:   map[string]string{ColDirect: FormatSeconds(direct), ColDist: FormatSeconds(dist)},
@@ -491,7 +491,7 @@ func (e *env) herd(t *testing.T, rep *Report) {
 			distMany = append(distMany, res.Wall)
 		}
 	}
-	scenario := fmt.Sprintf("thundering herd: %d clients GET one cold %d MB blob over the slow link", n, e.herdBlob.Size/1e6)
+	scenario := fmt.Sprintf("thundering herd: %d clients GET one cold %d MiB blob over the slow link", n, e.herdBlob.Size>>20)
 	distBytes := ""
 	if len(distMany) > 0 {
 		distBytes = fmt.Sprintf("%.2f× the blob", float64(distOrigin)/float64(e.herdBlob.Size))
@@ -570,7 +570,7 @@ func (e *env) hotBlobScenario(t *testing.T, rep *Report) {
 		d := Median(samples[fmt.Sprintf("dist/%d", n)])
 		ng := Median(samples[fmt.Sprintf("nginx/%d", n)])
 		row := ratioRow(Row{
-			Scenario: fmt.Sprintf("hot blob: %d concurrent GET(s) of a cached %d MB blob", n, e.hotBlob.Size/1e6),
+			Scenario: fmt.Sprintf("hot blob: %d concurrent GET(s) of a cached %d MiB blob", n, e.hotBlob.Size>>20),
 			Measure:  "MB/s (all clients together)",
 			Ours:     fmt.Sprintf("%.0f", ours),
 			Others:   map[string]string{ColDist: fmt.Sprintf("%.0f", d), ColNginx: fmt.Sprintf("%.0f", ng)},
@@ -671,7 +671,12 @@ func (e *env) manifestHits(t *testing.T, rep *Report) {
 // memoryRow reports the daemon's peak RSS over the herd and hot-blob runs.
 func (e *env) memoryRow(rep *Report) {
 	peak := max(e.herdRSS, e.hotRSS)
-	mib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+	mib := func(n int64) string {
+		if n == 0 {
+			return "not run"
+		}
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
 	rep.Add(Row{
 		Scenario: "daemon memory during the herd and hot-blob runs", Measure: "peak RSS (VmHWM)",
 		Ours:   fmt.Sprintf("%s (herd %s, hot %s)", mib(peak), mib(e.herdRSS), mib(e.hotRSS)),
