@@ -133,13 +133,22 @@ func fetchOnce(ctx context.Context, client *http.Client, url string, header http
 	return n, nil
 }
 
+// RateResult is what FixedRate measured, per request.
+type RateResult struct {
+	// Latency is from the request's scheduled start to the end of its body.
+	Latency []time.Duration
+	// Lag is how late the load generator itself sent each request: when it is close to
+	// Latency, the machine (not the server) is what the figure shows.
+	Lag []time.Duration
+}
+
 // FixedRate sends n GETs of url at rate per second (open loop: a request is sent on its
 // schedule whether or not earlier ones have answered, up to inflight at once) and returns the
 // latency of each, measured from its scheduled start, so that a stall counts against the
 // server instead of silently slowing the load down. ctx bounds the whole run.
-func FixedRate(ctx context.Context, client *http.Client, url string, header http.Header, n, rate, inflight int) ([]time.Duration, error) {
+func FixedRate(ctx context.Context, client *http.Client, url string, header http.Header, n, rate, inflight int) (RateResult, error) {
 	interval := time.Second / time.Duration(rate)
-	lat := make([]time.Duration, n)
+	res := RateResult{Latency: make([]time.Duration, n), Lag: make([]time.Duration, n)}
 	errs := make(chan error, 1)
 	sem := make(chan struct{}, inflight)
 	var wg sync.WaitGroup
@@ -151,21 +160,22 @@ func FixedRate(ctx context.Context, client *http.Client, url string, header http
 			case <-time.After(d):
 			case <-ctx.Done():
 				wg.Wait()
-				return nil, ctx.Err()
+				return RateResult{}, ctx.Err()
 			}
 		}
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			wg.Wait()
-			return nil, ctx.Err()
+			return RateResult{}, ctx.Err()
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			res.Lag[i] = time.Since(due)
 			_, err := fetchOnce(ctx, client, url, header)
-			lat[i] = time.Since(due)
+			res.Latency[i] = time.Since(due)
 			if err != nil {
 				select {
 				case errs <- err:
@@ -177,10 +187,10 @@ func FixedRate(ctx context.Context, client *http.Client, url string, header http
 	wg.Wait()
 	select {
 	case err := <-errs:
-		return nil, err
+		return RateResult{}, err
 	default:
 	}
-	return lat, nil
+	return res, nil
 }
 
 // PeakRSS returns the peak resident set size (VmHWM) of process pid, in bytes.

@@ -89,9 +89,14 @@ func TestSlowLinkCarriesHTTPAndCloses(t *testing.T) {
 	if res.Err != nil || res.Done != 4 || res.Bytes != 400000 {
 		t.Fatalf("ConcurrentGET through the link: %+v", res)
 	}
-	lat, err := FixedRate(ctx, client, "http://"+link.Addr+"/", nil, 20, 200, 8)
-	if err != nil || len(lat) != 20 {
-		t.Fatalf("FixedRate through the link: %d latencies, %v", len(lat), err)
+	rr, err := FixedRate(ctx, client, "http://"+link.Addr+"/", nil, 20, 200, 8)
+	if err != nil || len(rr.Latency) != 20 || len(rr.Lag) != 20 {
+		t.Fatalf("FixedRate through the link: %+v, %v", rr, err)
+	}
+	for i := range rr.Latency {
+		if rr.Latency[i] <= 0 || rr.Lag[i] > rr.Latency[i] {
+			t.Errorf("request %d: latency %v, lag %v", i, rr.Latency[i], rr.Lag[i])
+		}
 	}
 	// Close must return with idle keep-alive connections still open through the link.
 	done := make(chan struct{})
