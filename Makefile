@@ -22,6 +22,7 @@ tools:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags bench ./integration/bench/
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')
