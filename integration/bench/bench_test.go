@@ -552,7 +552,10 @@ func (e *env) hotBlobScenario(t *testing.T, rep *Report) {
 	for i := range e.cfg.Runs {
 		for _, sys := range Rotate([]string{"cache", "dist", "nginx"}, i) {
 			for _, n := range []int{1, 8} {
-				res := ConcurrentGET(ctx, client, urls[sys], nil, n, e.hotBlob.Size)
+				// At least 1 GiB per sample: one 256 MiB transfer takes ~0.15 s, too short
+				// to average out a busy moment on a shared machine.
+				repeat := int(max(1, (1<<30)/(int64(n)*e.hotBlob.Size)))
+				res := RepeatedGET(ctx, client, urls[sys], nil, n, repeat, e.hotBlob.Size)
 				if res.Err != nil {
 					t.Fatalf("hot run %d %s, %d clients: %v", i, sys, n, res.Err)
 				}

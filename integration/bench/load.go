@@ -64,7 +64,7 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 // FetchResult is what ConcurrentGET measured.
 type FetchResult struct {
 	Wall time.Duration
-	// Done is how many clients received the whole body (want bytes each).
+	// Done is how many clients received every body whole (want bytes each).
 	Done  int
 	Bytes int64
 	Err   error
@@ -73,6 +73,12 @@ type FetchResult struct {
 // ConcurrentGET starts n clients at once, each GETting url (with header) and reading the body to the end,
 // and returns when all have finished or ctx ends. Every body must be want bytes long.
 func ConcurrentGET(ctx context.Context, client *http.Client, url string, header http.Header, n int, want int64) FetchResult {
+	return RepeatedGET(ctx, client, url, header, n, 1, want)
+}
+
+// RepeatedGET is ConcurrentGET where each client GETs the body repeat times, one after the
+// other, so that a sample of a fast transfer lasts long enough to average out a busy moment.
+func RepeatedGET(ctx context.Context, client *http.Client, url string, header http.Header, n, repeat int, want int64) FetchResult {
 	var (
 		mu    sync.Mutex
 		res   FetchResult
@@ -84,22 +90,24 @@ func ConcurrentGET(ctx context.Context, client *http.Client, url string, header 
 		go func() {
 			defer wg.Done()
 			<-start
-			got, err := fetchOnce(ctx, client, url, header)
-			mu.Lock()
-			defer mu.Unlock()
-			res.Bytes += got
-			switch {
-			case err != nil:
-				if res.Err == nil {
+			for range repeat {
+				got, err := fetchOnce(ctx, client, url, header)
+				if err == nil && got != want {
+					err = fmt.Errorf("GET %s: %d bytes, want %d", url, got, want)
+				}
+				mu.Lock()
+				res.Bytes += got
+				if err != nil && res.Err == nil {
 					res.Err = err
 				}
-			case got != want:
-				if res.Err == nil {
-					res.Err = fmt.Errorf("GET %s: %d bytes, want %d", url, got, want)
+				mu.Unlock()
+				if err != nil {
+					return
 				}
-			default:
-				res.Done++
 			}
+			mu.Lock()
+			res.Done++
+			mu.Unlock()
 		}()
 	}
 	t0 := time.Now()

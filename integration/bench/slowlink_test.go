@@ -156,3 +156,14 @@ func TestWriteIndexRecords(t *testing.T) {
 		}
 	}
 }
+
+func TestRepeatedGETCountsEveryBody(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "0123456789")
+	}))
+	defer srv.Close()
+	res := RepeatedGET(context.Background(), NewLoadClient(2), srv.URL, nil, 2, 3, 10)
+	if res.Err != nil || res.Done != 2 || res.Bytes != 60 {
+		t.Fatalf("RepeatedGET: %+v, want 2 clients done and 60 bytes", res)
+	}
+}
