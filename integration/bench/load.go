@@ -90,8 +90,9 @@ func RepeatedGET(ctx context.Context, client *http.Client, url string, header ht
 		go func() {
 			defer wg.Done()
 			<-start
+			buf := make([]byte, 1<<20)
 			for range repeat {
-				got, err := fetchOnce(ctx, client, url, header)
+				got, err := fetchOnce(ctx, client, url, header, buf)
 				if err == nil && got != want {
 					err = fmt.Errorf("GET %s: %d bytes, want %d", url, got, want)
 				}
@@ -117,7 +118,10 @@ func RepeatedGET(ctx context.Context, client *http.Client, url string, header ht
 	return res
 }
 
-func fetchOnce(ctx context.Context, client *http.Client, url string, header http.Header) (int64, error) {
+// fetchOnce GETs url and reads the body into buf (discarded). The caller owns buf, so that a
+// load of many small requests does not allocate a buffer per request: the garbage collector
+// would then run in the load generator all the time and add its pauses to the latencies.
+func fetchOnce(ctx context.Context, client *http.Client, url string, header http.Header, buf []byte) (int64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
@@ -133,7 +137,6 @@ func fetchOnce(ctx context.Context, client *http.Client, url string, header http
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	buf := make([]byte, 1<<20)
 	n, err := io.CopyBuffer(discard{}, resp.Body, buf)
 	if err != nil {
 		return n, fmt.Errorf("GET %s: body after %d bytes: %w", url, n, err)
@@ -159,6 +162,11 @@ func FixedRate(ctx context.Context, client *http.Client, url string, header http
 	res := RateResult{Latency: make([]time.Duration, n), Lag: make([]time.Duration, n)}
 	errs := make(chan error, 1)
 	sem := make(chan struct{}, inflight)
+	// One buffer per request in flight, handed over with the slot.
+	bufs := make(chan []byte, inflight)
+	for range inflight {
+		bufs <- make([]byte, 32<<10)
+	}
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	for i := range n {
@@ -181,8 +189,10 @@ func FixedRate(ctx context.Context, client *http.Client, url string, header http
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			buf := <-bufs
+			defer func() { bufs <- buf }()
 			res.Lag[i] = time.Since(due)
-			_, err := fetchOnce(ctx, client, url, header)
+			_, err := fetchOnce(ctx, client, url, header, buf)
 			res.Latency[i] = time.Since(due)
 			if err != nil {
 				select {
