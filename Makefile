@@ -14,7 +14,7 @@ FUZZ_TARGETS = \
 	./resolver:FuzzParseChallenges \
 	./internal/config:FuzzParse
 
-.PHONY: all build run test unit integration tools vet fmt clean fuzz
+.PHONY: all build run test unit integration tools vet fmt clean fuzz bench
 
 all: build
 
@@ -32,6 +32,7 @@ tools:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags bench ./integration/bench/
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')
@@ -55,6 +56,17 @@ fuzz:
 # and every fuzz target for FUZZTIME.
 test: tools vet fuzz
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 50m ./...
+
+# Side-by-side benchmarks (docs/BENCHMARKS.md): containerd-blobcache against a direct pull,
+# distribution as a pull-through proxy and nginx, on loopback. Needs root. Prints one markdown
+# table at the end (also written to bin/bench.md). BENCH_RUNS, BENCH_SCALE and the other
+# BENCH_* variables of integration/bench/bench_test.go make it smaller for a quick look.
+bench: tools
+	./.ci/install-bench-deps
+	@mkdir -p bin
+	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin BENCH_OUT=$(CURDIR)/bin/bench.md BENCH_COMMAND="make bench" \
+		$(GO) test -tags bench -count=1 -timeout 60m -run TestBench -v ./integration/bench/
+	@echo; cat bin/bench.md
 
 clean:
 	rm -rf bin $(RUN_DIR)

@@ -225,11 +225,12 @@ func DaemonBinary(t testing.TB) string {
 	return daemonBuild.path
 }
 
-// CleanupBuilds removes what DaemonBinary built.
+// CleanupBuilds removes what DaemonBinary and DaemonBinaryNoRace built.
 func CleanupBuilds() {
 	if daemonBuild.dir != "" {
 		os.RemoveAll(daemonBuild.dir)
 	}
+	cleanupPlainBuild()
 }
 
 // Main runs the tests and removes the daemon build afterwards; use it as TestMain's body.
@@ -243,7 +244,14 @@ func Main(m *testing.M) {
 // `containerd-blobcache serve --config FILE`, waiting until GET /v2/ answers 200.
 func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	t.Helper()
-	return StartDaemonAs(t, cfg, nil, "")
+	return startDaemon(t, DaemonBinary(t), cfg, nil, "")
+}
+
+// StartDaemonFrom is StartDaemon with the daemon binary at bin (for example
+// DaemonBinaryNoRace for benchmarks).
+func StartDaemonFrom(t testing.TB, bin string, cfg DaemonConfig) *Daemon {
+	t.Helper()
+	return startDaemon(t, bin, cfg, nil, "")
 }
 
 // StartDaemonAs is StartDaemon running the daemon with the given credentials (nil: as this
@@ -251,7 +259,11 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 // reachable by that user ("" makes a test temporary directory, which is not).
 func StartDaemonAs(t testing.TB, cfg DaemonConfig, cred *syscall.Credential, dir string) *Daemon {
 	t.Helper()
-	bin := DaemonBinary(t)
+	return startDaemon(t, DaemonBinary(t), cfg, cred, dir)
+}
+
+func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Credential, dir string) *Daemon {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}

@@ -26,6 +26,19 @@ type Registry struct {
 // answers.
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
+	return startRegistry(t, "")
+}
+
+// StartPullThroughRegistry starts distribution as a pull-through cache of remoteURL (its
+// `proxy: remoteurl:` mode): it serves that one remote whatever the request's ?ns= says.
+// Benchmarks compare the daemon with it.
+func StartPullThroughRegistry(t testing.TB, remoteURL string) *Registry {
+	t.Helper()
+	return startRegistry(t, fmt.Sprintf("proxy:\n  remoteurl: %s\n", remoteURL))
+}
+
+func startRegistry(t testing.TB, extraYAML string) *Registry {
+	t.Helper()
 	tools := Tools(t)
 	dir := t.TempDir()
 	storage := filepath.Join(dir, "storage")
@@ -54,7 +67,7 @@ http:
   secret: blobcache-integration-test
   headers:
     X-Content-Type-Options: [nosniff]
-`, storage, host)
+`, storage, host) + extraYAML
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
