@@ -1,10 +1,11 @@
 package metrics
 
 import (
-	"io"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
 )
 
 // ResultHeader is the mirror's response header that says how a request was answered.
@@ -19,7 +20,7 @@ func (m *Metrics) Mirror(next http.Handler) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		cw := &countingWriter{ResponseWriter: w}
+		cw := &httpcount.Writer{ResponseWriter: w}
 		// Runs on a panic too: the handler aborts a response cut by upstream with
 		// http.ErrAbortHandler, and that request must be counted like any other.
 		defer func() {
@@ -29,10 +30,10 @@ func (m *Metrics) Mirror(next http.Handler) http.Handler {
 	})
 }
 
-func (m *Metrics) observeMirror(r *http.Request, cw *countingWriter, d time.Duration) {
+func (m *Metrics) observeMirror(r *http.Request, cw *httpcount.Writer, d time.Duration) {
 	kind := requestKind(r.URL.Path)
 	result := cw.Header().Get(ResultHeader)
-	status := cw.status
+	status := cw.Status
 	if status == 0 {
 		status = http.StatusOK
 	}
@@ -51,12 +52,12 @@ func (m *Metrics) observeMirror(r *http.Request, cw *countingWriter, d time.Dura
 	}
 	m.requests.WithLabelValues(SurfaceMirror, kind, method, result).Inc()
 	m.requestDuration.WithLabelValues(SurfaceMirror, kind, result).Observe(d.Seconds())
-	if cw.bytes > 0 {
+	if cw.Bytes > 0 {
 		switch result {
 		case ResultHit, ResultStale:
-			m.bytesServed.WithLabelValues(SurfaceMirror, SourceStore).Add(float64(cw.bytes))
+			m.bytesServed.WithLabelValues(SurfaceMirror, SourceStore).Add(float64(cw.Bytes))
 		case ResultMiss, ResultBypass:
-			m.bytesServed.WithLabelValues(SurfaceMirror, SourceUpstream).Add(float64(cw.bytes))
+			m.bytesServed.WithLabelValues(SurfaceMirror, SourceUpstream).Add(float64(cw.Bytes))
 		}
 	}
 }
@@ -77,51 +78,3 @@ func requestKind(path string) string {
 		return "other"
 	}
 }
-
-// countingWriter records the status and counts body bytes. It keeps ReadFrom (so that
-// http.ServeContent over a file still reaches sendfile) and Flush, and unwraps for
-// http.ResponseController.
-type countingWriter struct {
-	http.ResponseWriter
-	status int
-	bytes  int64
-}
-
-func (w *countingWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.bytes += int64(n)
-	return n, err
-}
-
-func (w *countingWriter) ReadFrom(src io.Reader) (int64, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	var n int64
-	var err error
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(w.ResponseWriter, src)
-	}
-	w.bytes += n
-	return n, err
-}
-
-func (w *countingWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
 )
 
 // FuzzParseTarget: any path after /v2/ either parses into a name, tag or digest that the
@@ -103,7 +105,7 @@ func FuzzRelayChallenge(f *testing.F) {
 		}
 		se := captureStatus(upstream)
 		rec := httptest.NewRecorder()
-		q := &request{r: httptest.NewRequest(http.MethodGet, "/v2/a/blobs/sha256:"+strings.Repeat("0", 64), nil), w: &recorder{ResponseWriter: rec}}
+		q := &request{r: httptest.NewRequest(http.MethodGet, "/v2/a/blobs/sha256:"+strings.Repeat("0", 64), nil), w: &recorder{Writer: httpcount.Writer{ResponseWriter: rec}}}
 		se.write(q)
 		if rec.Code != http.StatusUnauthorized {
 			t.Fatalf("relayed status %d", rec.Code)

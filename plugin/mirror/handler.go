@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
@@ -129,7 +130,7 @@ func (q *request) upstream(method string) resolver.Request {
 
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	w := &recorder{ResponseWriter: rw}
+	w := &recorder{Writer: httpcount.Writer{ResponseWriter: rw}}
 	q := &request{r: r, w: w}
 	defer func() {
 		rec := recover()
@@ -229,9 +230,9 @@ func (h *Handler) fail(q *request, e *apiError) {
 func (h *Handler) logRequest(ctx context.Context, q *request, start time.Time) {
 	fields := log.Fields{
 		"method":   q.r.Method,
-		"status":   q.w.status,
+		"status":   q.w.Status,
 		"result":   q.w.result,
-		"bytes":    q.w.bytes,
+		"bytes":    q.w.Bytes,
 		"duration": time.Since(start).Round(time.Microsecond),
 	}
 	if q.endpoint.Name != "" {

@@ -4,62 +4,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
 )
 
-// recorder remembers what a handler sent, for the request's log line. It passes ReadFrom
-// through so that http.ServeContent over an *os.File still reaches sendfile.
+// recorder remembers what a handler sent, for the request's log line: the status and bytes
+// (httpcount.Writer, which keeps sendfile working), the result and the error.
 type recorder struct {
-	http.ResponseWriter
-	status  int
-	bytes   int64
+	httpcount.Writer
 	result  string
 	err     error
 	aborted bool
 }
-
-func (w *recorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *recorder) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(p)
-	w.bytes += int64(n)
-	return n, err
-}
-
-func (w *recorder) ReadFrom(src io.Reader) (int64, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	var n int64
-	var err error
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(w.ResponseWriter, src)
-	}
-	w.bytes += n
-	return n, err
-}
-
-func (w *recorder) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-// Unwrap lets http.ResponseController reach the real writer.
-func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // errRange is a Range header that cannot be satisfied.
 var errRange = errors.New("range not satisfiable")

@@ -56,15 +56,15 @@ func (st *stats) record(q *request) {
 	d.Requests = 1
 	switch q.w.result {
 	case resultHit:
-		d.Hits, d.BytesFromCache = 1, q.w.bytes
+		d.Hits, d.BytesFromCache = 1, q.w.Bytes
 	case resultStale:
-		d.Stale, d.BytesFromCache = 1, q.w.bytes
+		d.Stale, d.BytesFromCache = 1, q.w.Bytes
 	case resultNegative:
 		d.Negative = 1
 	case resultMiss:
-		d.Misses, d.BytesFromUpstream = 1, q.w.bytes
+		d.Misses, d.BytesFromUpstream = 1, q.w.Bytes
 	case resultBypass:
-		d.Bypassed, d.BytesFromUpstream = 1, q.w.bytes
+		d.Bypassed, d.BytesFromUpstream = 1, q.w.Bytes
 	default:
 		d.Errors = 1
 	}
