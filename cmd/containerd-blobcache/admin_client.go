@@ -37,6 +37,18 @@ func defaultAdminAddress() string {
 	return cfg.Admin.Address
 }
 
+// request makes one admin API call: body (if any) sent as JSON, the answer decoded into out.
+// SIGINT and SIGTERM cancel it.
+func (f adminFlags) request(method, path string, body, out any) error {
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := commandContext()
+	defer cancel()
+	return c.get(ctx, method, path, body, out)
+}
+
 func (f adminFlags) client() (*adminClient, error) {
 	addr := *f.address
 	if addr == "" {

@@ -48,14 +48,8 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Errorf("stats takes no arguments")}
 	}
-	c, err := af.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
 	var st admin.StatsResponse
-	if err := c.get(ctx, http.MethodGet, admin.PathStats, nil, &st); err != nil {
+	if err := af.request(http.MethodGet, admin.PathStats, nil, &st); err != nil {
 		return err
 	}
 	if *af.json {
@@ -106,15 +100,9 @@ func lsCmd(args []string, stdout, stderr io.Writer) error {
 	default:
 		return usageError{fmt.Errorf("ls takes at most one of tags, manifests, blobs")}
 	}
-	c, err := af.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
 	q := url.Values{"kind": {kind}, "registry": {*registry}, "repository": {*repo}, "digest": {*prefix}, "limit": {strconv.Itoa(*limit)}}
 	var entries []admin.ListEntry
-	if err := c.get(ctx, http.MethodGet, admin.PathList+"?"+q.Encode(), nil, &entries); err != nil {
+	if err := af.request(http.MethodGet, admin.PathList+"?"+q.Encode(), nil, &entries); err != nil {
 		return err
 	}
 	if *af.json {
@@ -181,14 +169,8 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		req.Target = int64(n)
 	}
-	c, err := af.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
 	var res blobcacheEvict
-	if err := c.get(ctx, http.MethodPost, admin.PathGC, req, &res); err != nil {
+	if err := af.request(http.MethodPost, admin.PathGC, req, &res); err != nil {
 		return err
 	}
 	if *af.json {
@@ -240,14 +222,8 @@ func verifyCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		req.Digests = append(req.Digests, d)
 	}
-	c, err := af.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
 	var rep verifyReport
-	if err := c.get(ctx, http.MethodPost, admin.PathVerify, req, &rep); err != nil {
+	if err := af.request(http.MethodPost, admin.PathVerify, req, &rep); err != nil {
 		return err
 	}
 	if *af.json {
@@ -286,14 +262,8 @@ func rmCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	c, err := af.client()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := commandContext()
-	defer cancel()
 	var res blobcacheEvict
-	if err := c.get(ctx, http.MethodPost, admin.PathRemove, req, &res); err != nil {
+	if err := af.request(http.MethodPost, admin.PathRemove, req, &res); err != nil {
 		return err
 	}
 	if *af.json {
