@@ -41,10 +41,20 @@ type Server struct {
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
 // connections (they wait in the backlog until Serve runs).
-func New(ctx context.Context, cfg config.Config) (*Server, error) {
+func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// What New acquired, released in reverse order when a later step fails.
+	var undo []func()
+	defer func() {
+		if retErr != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
 	// The metrics are created after the store (they read it when scraped); evictions that
 	// start before then are not counted, and the pointer keeps the hand-over race-free.
 	var evictionMetrics atomic.Pointer[metrics.Metrics]
@@ -54,49 +64,41 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s (root): %w", cfg.Root, err)
 	}
+	undo = append(undo, func() { store.Close() })
+
 	// The content socket comes first: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
 	if cfg.Content.Enabled {
 		cln, err := content.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
 		if err != nil {
-			store.Close()
 			return nil, fmt.Errorf("content socket %s (content.address): %w", cfg.Content.Address, err)
 		}
 		contentSvc, err = content.NewService(ctx, store, cln)
 		if err != nil {
 			cln.Close()
-			store.Close()
 			return nil, err
 		}
+		undo = append(undo, func() { contentSvc.Close() })
 	}
-	closeContent := func() {
-		if contentSvc != nil {
-			contentSvc.Close()
-		}
-	}
+
 	ln, err := net.Listen("tcp", cfg.Mirror.Address)
 	if err != nil {
-		closeContent()
-		store.Close()
 		return nil, fmt.Errorf("mirror listener on %s: %w", cfg.Mirror.Address, err)
 	}
+	undo = append(undo, func() { ln.Close() })
+
 	health := &metrics.Health{}
 	ops, err := newOpsServer(ctx, cfg.Metrics, store, health)
 	if err != nil {
-		ln.Close()
-		closeContent()
-		store.Close()
 		return nil, err
 	}
+	undo = append(undo, ops.close)
+
 	opts := resolver.OptionsFromConfig(cfg.Upstream)
 	opts.UserAgent = "containerd-blobcache/" + version.Version
 	opts.SelfAddresses = []string{ln.Addr().String()}
 	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
 	if err != nil {
-		ops.close()
-		ln.Close()
-		closeContent()
-		store.Close()
 		return nil, err
 	}
 	if ops != nil {
@@ -106,10 +108,6 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 	}
 	res, err := resolver.New(opts)
 	if err != nil {
-		ops.close()
-		ln.Close()
-		closeContent()
-		store.Close()
 		return nil, err
 	}
 	handler, err := mirror.New(mirror.Options{
@@ -123,10 +121,6 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		Tags:              tagPolicy(cfg),
 	})
 	if err != nil {
-		ops.close()
-		ln.Close()
-		closeContent()
-		store.Close()
 		return nil, err
 	}
 	srv := &http.Server{
@@ -138,21 +132,15 @@ func New(ctx context.Context, cfg config.Config) (*Server, error) {
 		// Requests must outlive the signal that starts a shutdown: Shutdown waits for them.
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+
 	dbg, err := listenDebug(cfg.Debug.Address)
 	if err != nil {
-		ops.close()
-		ln.Close()
-		closeContent()
-		store.Close()
 		return nil, fmt.Errorf("debug listener on %s (debug.address): %w", cfg.Debug.Address, err)
 	}
+	undo = append(undo, dbg.close)
+
 	aln, asrv, err := newAdmin(ctx, cfg, store, handler)
 	if err != nil {
-		dbg.close()
-		ops.close()
-		ln.Close()
-		closeContent()
-		store.Close()
 		return nil, err
 	}
 	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
