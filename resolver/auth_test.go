@@ -240,6 +240,8 @@ type tokenRegistry struct {
 	mu       sync.Mutex
 	refuse   map[string]bool
 	seenAuth []string
+	// notPublic makes the registry refuse every token: the object exists only for others.
+	notPublic bool
 }
 
 func newTokenRegistry(t *testing.T, postOK bool) *tokenRegistry {
@@ -262,7 +264,7 @@ func (tr *tokenRegistry) serve(w http.ResponseWriter, r *http.Request) {
 	refused := tr.refuse[auth]
 	delete(tr.refuse, auth)
 	tr.mu.Unlock()
-	if !strings.HasPrefix(auth, "Bearer tok-") || refused {
+	if !strings.HasPrefix(auth, "Bearer tok-") || refused || tr.notPublic {
 		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="fake-registry"`, tr.srv.URL))
 		w.WriteHeader(http.StatusUnauthorized)
 		return
@@ -619,5 +621,29 @@ func TestAnonymousModeFetchesAnonymousToken(t *testing.T) {
 		if strings.Contains(a, "client-token") {
 			t.Error("client's token sent with an anonymous probe")
 		}
+	}
+}
+
+// An object anonymous clients may not read: each probe is answered 401, and the anonymous
+// token, which is not stale, is fetched once and kept rather than dropped and fetched again.
+func TestAnonymousProbeOfPrivateObjectFetchesOneToken(t *testing.T) {
+	tr := newTokenRegistry(t, true)
+	tr.anonOK = true
+	tr.notPublic = true
+	r := newResolver(t, nil)
+	ep, _ := r.Endpoint(tr.host())
+	req := Request{Method: http.MethodHead, Endpoint: ep, Repository: "app", Kind: "manifests", Reference: "v1", Header: http.Header{}, Auth: AuthAnonymous}
+	for range 3 {
+		resp, err := r.Do(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("anonymous probe of a private object: %d, want 401", resp.StatusCode)
+		}
+	}
+	if n := tr.tokens.Load(); n != 1 {
+		t.Errorf("%d anonymous tokens fetched for 3 probes, want 1", n)
 	}
 }

@@ -323,6 +323,12 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 			resp.Body.Close()
 			continue
 		case !redirected && daemonAuth && resp.StatusCode == http.StatusUnauthorized:
+			if req.Auth == AuthAnonymous && authz.value != "" {
+				// An anonymous token is refused because the object is not public, not
+				// because the token went stale: keep it for the next anonymous request and
+				// give this answer (fetching another would only be refused the same way).
+				return resp, nil
+			}
 			r.auth.dropRefused(authz)
 			if challenged {
 				return resp, nil

@@ -92,7 +92,11 @@ func StartTokenServer(t testing.TB, users map[string]string, publicPrefix string
 	return ts
 }
 
-// Requests returns the token requests per scope so far, and how many were refused.
+// AnonymousTokenSuffix marks, in Requests, the scopes asked for without credentials.
+const AnonymousTokenSuffix = " (anonymous)"
+
+// Requests returns the token requests per scope so far (anonymous ones under the scope plus
+// AnonymousTokenSuffix), and how many were refused.
 func (ts *TokenServer) Requests() (map[string]int, int) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
@@ -137,7 +141,11 @@ func (ts *TokenServer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ts.mu.Lock()
-	ts.requests[strings.Join(scopes, " ")]++
+	key := strings.Join(scopes, " ")
+	if !authed {
+		key += AnonymousTokenSuffix
+	}
+	ts.requests[key]++
 	if authed && (user == "" || ts.users[user] != pass) {
 		ts.refused++
 		ts.mu.Unlock()
