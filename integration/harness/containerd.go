@@ -205,16 +205,7 @@ disabled_plugins = [%s]
 
 func (c *Containerd) waitReady(t testing.TB) {
 	t.Helper()
-	WaitFor(t, "containerd socket "+c.Socket, 60*time.Second, 50*time.Millisecond, func() error {
-		if exited, err := c.Process.Exited(); exited {
-			return fmt.Errorf("%w: containerd exited (%v); log:\n%s", errStop, err, TailFile(c.Process.LogPath, 8<<10))
-		}
-		conn, err := net.DialTimeout("unix", c.Socket, time.Second)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	})
+	c.waitSocket(t)
 	// The CRI plugin finishes initialising after the socket is served.
 	WaitFor(t, "CRI image service", 60*time.Second, 100*time.Millisecond, func() error {
 		if exited, err := c.Process.Exited(); exited {
@@ -425,3 +416,19 @@ func (c *Containerd) CRIRemoveImage(t testing.TB, image string) {
 
 // Stop stops containerd.
 func (c *Containerd) Stop() error { return c.Process.Stop() }
+
+// waitSocket waits until containerd accepts connections on its socket, failing at once if
+// it exited.
+func (c *Containerd) waitSocket(t testing.TB) {
+	t.Helper()
+	WaitFor(t, "containerd socket "+c.Socket, 60*time.Second, 50*time.Millisecond, func() error {
+		if exited, err := c.Process.Exited(); exited {
+			return fmt.Errorf("%w: containerd exited (%v); log:\n%s", errStop, err, TailFile(c.Process.LogPath, 8<<10))
+		}
+		conn, err := net.DialTimeout("unix", c.Socket, time.Second)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	})
+}

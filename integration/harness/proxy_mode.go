@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,16 +96,7 @@ func (c *Containerd) startProxyMode(t testing.TB, waitCRI bool) {
 		c.waitReady(t)
 		return
 	}
-	WaitFor(t, "containerd socket "+c.Socket, 60*time.Second, 50*time.Millisecond, func() error {
-		if exited, err := c.Process.Exited(); exited {
-			return fmt.Errorf("%w: containerd exited (%v); log:\n%s", errStop, err, TailFile(c.Process.LogPath, 8<<10))
-		}
-		conn, err := net.DialTimeout("unix", c.Socket, time.Second)
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	})
+	c.waitSocket(t)
 	WaitFor(t, "ctr version", 60*time.Second, 100*time.Millisecond, func() error {
 		_, err := c.CtrE(context.Background(), "", "version")
 		return err

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -771,19 +770,8 @@ func captureStatus(resp *http.Response) *statusError {
 	return &statusError{status: resp.StatusCode, header: h, body: body}
 }
 
-func (e *statusError) write(q *request) {
-	for k, v := range e.header {
-		q.w.Header()[k] = v
-	}
-	q.w.Header().Set("Content-Length", strconv.Itoa(len(e.body)))
-	q.w.Header().Set(ResultHeader, resultBypass)
-	q.w.result = resultBypass
-	q.w.err = e
-	q.w.WriteHeader(e.status)
-	if q.r.Method != http.MethodHead {
-		_, _ = io.Copy(q.w, bytes.NewReader(e.body))
-	}
-}
+// write relays the captured answer as a bypass (see writeAs).
+func (e *statusError) write(q *request) { e.writeAs(q, resultBypass) }
 
 func (h *Handler) passUpstreamStatus(q *request, resp *http.Response) {
 	captureStatus(resp).write(q)
