@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -340,7 +341,9 @@ func TestProxyPullRunCollectRepull(t *testing.T) {
 		t.Errorf("daemon store holds %d files, want %d (manifest, config, %d layers)", len(files), want, len(im.Layers))
 	}
 
+	before := scrape(t, e.daemon)
 	second := e.pullRemovePull(t, c, "proxy", ref)
+	assertContentReads(t, before, scrape(t, e.daemon), im)
 	if second.originBlobBytes != 0 || second.originBlobGETs != 0 {
 		t.Errorf("second pull downloaded from the origin: %s\n%s", second, e.origin.Snapshot())
 	}
@@ -377,6 +380,32 @@ func TestProxyPullRunCollectRepull(t *testing.T) {
 	builtinDisk := totalSize(files) + totalSize(harness.BlobFiles(t, filepath.Join(builtin.Root, harness.ContentPluginID)))
 	measure(t, "second_pull content_proxy: %s | builtin_content_store: %s | blob_bytes_on_node content_proxy=%d builtin=%d | image=%dMB blobs=%d first_pull=%v (loopback, daemon built with -race)",
 		second, base, totalSize(files), builtinDisk, im.Size()>>20, len(im.Blobs()), first.Round(time.Millisecond))
+}
+
+// assertContentReads checks the content API's metrics over a re-pull after containerd's
+// collection: containerd asked Info of every blob and found it (hits), and unpacked every
+// layer through Read, so the bytes the content surface served cover the layers.
+func assertContentReads(t *testing.T, before, after map[string]*dto.MetricFamily, im *harness.Image) {
+	t.Helper()
+	delta := func(name string, labels map[string]string) float64 {
+		return metricValue(after, name, labels) - metricValue(before, name, labels)
+	}
+	requests := "containerd_blobcache_requests_total"
+	infoHits := delta(requests, map[string]string{"surface": "content", "kind": "info", "result": "hit"})
+	readHits := delta(requests, map[string]string{"surface": "content", "kind": "read", "result": "hit"})
+	served := delta("containerd_blobcache_served_bytes_total", map[string]string{"surface": "content", "source": "store"})
+	errorsSeen := delta(requests, map[string]string{"surface": "content", "result": "error"})
+	var layerBytes int64
+	for _, l := range im.Layers {
+		layerBytes += l.Descriptor.Size
+	}
+	t.Logf("content API over the re-pull: %v info hits, %v read hits, %v bytes served (layers %d bytes), %v errors", infoHits, readHits, served, layerBytes, errorsSeen)
+	if infoHits < float64(len(im.Blobs())) {
+		t.Errorf("content info hits over the re-pull: %v, want at least one per blob (%d)", infoHits, len(im.Blobs()))
+	}
+	if readHits == 0 || served < float64(layerBytes) {
+		t.Errorf("content reads over the re-pull: %v hits, %v bytes served, want the %d layer bytes unpacked", readHits, served, layerBytes)
+	}
 }
 
 func mapsEqual(a, b map[string]int64) bool {

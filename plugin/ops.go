@@ -15,6 +15,7 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/sdnotify"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
 )
 
 // opsServer is the listener of /metrics, /healthz and /readyz. Its methods accept a nil
@@ -62,6 +63,14 @@ func (o *opsServer) instrumentMirror(h http.Handler) http.Handler {
 		return h
 	}
 	return o.metrics.Mirror(h)
+}
+
+// contentObserver is what counts the content API's calls, or nil without a metrics listener.
+func (o *opsServer) contentObserver() content.RequestObserver {
+	if o == nil {
+		return nil
+	}
+	return o.metrics
 }
 
 func (o *opsServer) serve(ctx context.Context) {

@@ -66,14 +66,21 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	}
 	undo = append(undo, func() { store.Close() })
 
-	// The content socket comes first: when containerd uses it, containerd waits for it.
+	health := &metrics.Health{}
+	ops, err := newOpsServer(ctx, cfg.Metrics, store, health)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, ops.close)
+
+	// The content socket comes next: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
 	if cfg.Content.Enabled {
 		cln, err := content.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
 		if err != nil {
 			return nil, fmt.Errorf("content socket %s (content.address): %w", cfg.Content.Address, err)
 		}
-		contentSvc, err = content.NewService(ctx, store, cln)
+		contentSvc, err = content.NewService(ctx, store, cln, ops.contentObserver())
 		if err != nil {
 			cln.Close()
 			return nil, err
@@ -86,13 +93,6 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		return nil, fmt.Errorf("mirror listener on %s: %w", cfg.Mirror.Address, err)
 	}
 	undo = append(undo, func() { ln.Close() })
-
-	health := &metrics.Health{}
-	ops, err := newOpsServer(ctx, cfg.Metrics, store, health)
-	if err != nil {
-		return nil, err
-	}
-	undo = append(undo, ops.close)
 
 	opts := resolver.OptionsFromConfig(cfg.Upstream)
 	opts.UserAgent = "containerd-blobcache/" + version.Version

@@ -15,15 +15,17 @@ import (
 // Namespace prefixes every metric name.
 const Namespace = "containerd_blobcache"
 
-// Surfaces: how the request reached the daemon. Only the mirror is measured so far; the
-// content API (proxy mode) will report as SurfaceContent.
+// Surfaces: how the request reached the daemon, the mirror (HTTP) or the content API (gRPC,
+// proxy mode).
 const (
 	SurfaceMirror  = "mirror"
 	SurfaceContent = "content"
 )
 
-// Results of a mirror request (the X-Blobcache-Result values, and "error" for a request that
-// got an error answer, "none" for requests that are not about content such as GET /v2/).
+// Results of a request: for the mirror, the X-Blobcache-Result values, "error" for a request
+// that got an error answer and "none" for requests that are not about content such as GET
+// /v2/; for the content API, "hit" and "miss" for Info and Read of a blob the store has or
+// has not, "error" for a failed call and "none" for the other calls.
 const (
 	ResultHit    = "hit"
 	ResultMiss   = "miss"
@@ -78,7 +80,7 @@ func New(version string, store StoreStats) *Metrics {
 		Registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "requests_total",
-			Help: "Requests answered, by surface (mirror), kind (manifest, blob, ping, other), method and result (hit, miss, bypass, stale, error, none).",
+			Help: "Requests answered, by surface (mirror, content), kind (mirror: manifest, blob, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, bypass, stale, error, none).",
 		}, []string{"surface", "kind", "method", "result"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "request_duration_seconds",
@@ -137,6 +139,19 @@ func (m *Metrics) Evicted(n int, bytes int64) {
 	}
 	m.evictions.Add(float64(n))
 	m.evictedBytes.Add(float64(bytes))
+}
+
+// ContentRequest counts one call of the content API: rpc is the call (info, read, write...),
+// result one of the Result constants, sent the blob bytes it returned (Read).
+func (m *Metrics) ContentRequest(rpc, result string, d time.Duration, sent int64) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(SurfaceContent, rpc, "grpc", result).Inc()
+	m.requestDuration.WithLabelValues(SurfaceContent, rpc, result).Observe(d.Seconds())
+	if sent > 0 {
+		m.bytesServed.WithLabelValues(SurfaceContent, SourceStore).Add(float64(sent))
+	}
 }
 
 // UpstreamResponded implements Observer.

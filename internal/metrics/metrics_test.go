@@ -131,3 +131,29 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	nilMetrics.TokenFetched("x") // a nil Observer records nothing and does not panic
 	var _ Observer = nilMetrics
 }
+
+func TestContentRequestCountsBySurfaceContent(t *testing.T) {
+	m := New("test", nil)
+	m.ContentRequest("read", ResultHit, time.Millisecond, 100)
+	m.ContentRequest("read", ResultHit, time.Millisecond, 50)
+	m.ContentRequest("info", ResultMiss, time.Millisecond, 0)
+	m.ContentRequest("write", ResultNone, time.Millisecond, 0)
+	for _, c := range []struct {
+		labels []string
+		want   float64
+	}{
+		{[]string{"content", "read", "grpc", "hit"}, 2},
+		{[]string{"content", "info", "grpc", "miss"}, 1},
+		{[]string{"content", "write", "grpc", "none"}, 1},
+		{[]string{"mirror", "blob", "GET", "hit"}, 0},
+	} {
+		if got := testutil.ToFloat64(m.requests.WithLabelValues(c.labels...)); got != c.want {
+			t.Errorf("requests%v = %v, want %v", c.labels, got, c.want)
+		}
+	}
+	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("content", "store")); got != 150 {
+		t.Errorf("content store bytes = %v, want 150", got)
+	}
+	var nilMetrics *Metrics
+	nilMetrics.ContentRequest("read", ResultHit, time.Millisecond, 1) // must not panic
+}

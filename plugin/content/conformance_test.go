@@ -12,7 +12,7 @@ import (
 // service through containerd's gRPC proxy client, as containerd's proxy plugin uses it.
 func TestContentSuite(t *testing.T) {
 	testsuite.ContentSuite(t, "blobcache", func(ctx context.Context, root string) (context.Context, content.Store, func() error, error) {
-		s, err := serve(ctx, root)
+		s, err := serve(ctx, root, nil)
 		if err != nil {
 			return nil, nil, nil, err
 		}

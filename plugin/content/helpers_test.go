@@ -26,8 +26,9 @@ type served struct {
 	done   chan error
 }
 
-// serve opens the store at root and serves it on a socket in a short temporary directory.
-func serve(ctx context.Context, root string) (*served, error) {
+// serve opens the store at root and serves it on a socket in a short temporary directory;
+// observer (may be nil) is told about every call.
+func serve(ctx context.Context, root string, observer RequestObserver) (*served, error) {
 	cache, err := blobcache.Open(ctx, blobcache.Options{Root: root})
 	if err != nil {
 		return nil, err
@@ -44,7 +45,7 @@ func serve(ctx context.Context, root string) (*served, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	svc, err := NewService(ctx, cache, ln)
+	svc, err := NewService(ctx, cache, ln, observer)
 	if err != nil {
 		ln.Close()
 		cache.Close()
@@ -86,7 +87,13 @@ func (s *served) close(ctx context.Context) error {
 // newServed serves a fresh store for one test.
 func newServed(t *testing.T) *served {
 	t.Helper()
-	s, err := serve(t.Context(), t.TempDir())
+	return newObservedServed(t, nil)
+}
+
+// newObservedServed is newServed with an observer of the calls.
+func newObservedServed(t *testing.T, observer RequestObserver) *served {
+	t.Helper()
+	s, err := serve(t.Context(), t.TempDir(), observer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 // client: 32 KiB at a time (the decompressor's buffer), each read one Read RPC, each RPC an
 // Info and an open on the server. It measures what unpacking from the content proxy costs.
 func BenchmarkReadThroughAPI(b *testing.B) {
-	s, err := serve(b.Context(), b.TempDir())
+	s, err := serve(b.Context(), b.TempDir(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"time"
 
 	api "github.com/containerd/containerd/api/services/content/v1"
 	"github.com/containerd/containerd/v2/defaults"
@@ -25,8 +26,8 @@ type Service struct {
 }
 
 // NewService serves cache's content on ln (see Listen) once Serve runs. ctx carries the
-// logger every request logs with.
-func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener) (*Service, error) {
+// logger every request logs with; observer, when not nil, is told about every call.
+func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, observer RequestObserver) (*Service, error) {
 	store, err := NewStore(ctx, cache)
 	if err != nil {
 		return nil, err
@@ -38,14 +39,19 @@ func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener) (*
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			start := time.Now()
 			ctx = log.WithLogger(ctx, logger)
 			resp, err := handler(ctx, req)
 			logResult(ctx, info.FullMethod, err)
+			observe(observer, info.FullMethod, err, start, 0)
 			return resp, err
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			err := handler(srv, &loggedStream{ServerStream: ss, ctx: log.WithLogger(ss.Context(), logger)})
+			start := time.Now()
+			stream := &countedStream{ServerStream: ss, ctx: log.WithLogger(ss.Context(), logger)}
+			err := handler(srv, stream)
 			logResult(ss.Context(), info.FullMethod, err)
+			observe(observer, info.FullMethod, err, start, stream.sent)
 			return err
 		}),
 	)
@@ -91,12 +97,13 @@ func (s *Service) Close() error {
 	return s.ln.Close()
 }
 
-type loggedStream struct {
-	grpc.ServerStream
-	ctx context.Context
+func observe(observer RequestObserver, fullMethod string, err error, start time.Time, sent int64) {
+	if observer == nil {
+		return
+	}
+	rpc := rpcName(fullMethod)
+	observer.ContentRequest(rpc, callResult(rpc, err), time.Since(start), sent)
 }
-
-func (s *loggedStream) Context() context.Context { return s.ctx }
 
 // logResult logs failed requests at debug level; the answers containerd expects in normal
 // operation (not found, already exists) are not failures worth a line.

@@ -309,7 +309,7 @@ func TestDedupeBetweenMirrorAndAPI(t *testing.T) {
 func TestLabelsPersist(t *testing.T) {
 	root := t.TempDir()
 	ctx := t.Context()
-	s, err := serve(ctx, root)
+	s, err := serve(ctx, root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +327,7 @@ func TestLabelsPersist(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = serve(ctx, root)
+	s, err = serve(ctx, root, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,84 @@
+package content
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	api "github.com/containerd/containerd/api/services/content/v1"
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
+)
+
+// RequestObserver is told about every content API call when it ends (*metrics.Metrics; a nil
+// *metrics.Metrics records nothing).
+type RequestObserver interface {
+	// ContentRequest gets the call (info, read, ...), its result (metrics.Result*), its
+	// duration and the blob bytes it sent.
+	ContentRequest(rpc, result string, d time.Duration, sent int64)
+}
+
+// rpcNames maps the service's methods to metric label values. The set is closed, so that a
+// label never takes a value a client chose.
+var rpcNames = map[string]string{
+	"Info":         "info",
+	"Update":       "update",
+	"List":         "list",
+	"Delete":       "delete",
+	"Read":         "read",
+	"Status":       "status",
+	"ListStatuses": "list_statuses",
+	"Write":        "write",
+	"Abort":        "abort",
+}
+
+func rpcName(fullMethod string) string {
+	if name, ok := rpcNames[fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]]; ok {
+		return name
+	}
+	return "other"
+}
+
+// callResult classifies a finished call. Info and Read are the lookups of a blob: answered,
+// they are hits; NotFound, misses. For the other calls NotFound and AlreadyExists are
+// ordinary answers (containerd commits an existing blob, aborts a finished ingest), not
+// failures.
+func callResult(rpc string, err error) string {
+	lookup := rpc == "info" || rpc == "read"
+	if err == nil {
+		if lookup {
+			return metrics.ResultHit
+		}
+		return metrics.ResultNone
+	}
+	notFound := status.Code(err) == codes.NotFound || errdefs.IsNotFound(err)
+	exists := status.Code(err) == codes.AlreadyExists || errdefs.IsAlreadyExists(err)
+	switch {
+	case lookup && notFound:
+		return metrics.ResultMiss
+	case !lookup && (notFound || exists):
+		return metrics.ResultNone
+	}
+	return metrics.ResultError
+}
+
+// countedStream counts the blob bytes a Read sends.
+type countedStream struct {
+	grpc.ServerStream
+	ctx  context.Context
+	sent int64
+}
+
+func (s *countedStream) Context() context.Context { return s.ctx }
+
+func (s *countedStream) SendMsg(m any) error {
+	err := s.ServerStream.SendMsg(m)
+	if r, ok := m.(*api.ReadContentResponse); ok && err == nil {
+		s.sent += int64(len(r.Data))
+	}
+	return err
+}

@@ -1,0 +1,118 @@
+package content
+
+import (
+	"bytes"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// recordedCall is one ContentRequest a recordingObserver got.
+type recordedCall struct {
+	rpc, result string
+	sent        int64
+}
+
+type recordingObserver struct {
+	mu    sync.Mutex
+	calls []recordedCall
+}
+
+func (o *recordingObserver) ContentRequest(rpc, result string, _ time.Duration, sent int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.calls = append(o.calls, recordedCall{rpc, result, sent})
+}
+
+// take returns the calls recorded so far and forgets them.
+func (o *recordingObserver) take() []recordedCall {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	calls := o.calls
+	o.calls = nil
+	return calls
+}
+
+// The observer sees each call through containerd's own proxy client with its result: a
+// lookup of a missing blob is a miss, of a stored one a hit, and a Read reports the bytes it
+// sent.
+func TestObserverCountsCallsAndReadBytes(t *testing.T) {
+	obs := &recordingObserver{}
+	s := newObservedServed(t, obs)
+	ctx := t.Context()
+	data, dgst := testBlob(300 << 10)
+
+	if _, err := s.client.Info(ctx, dgst); !errdefs.IsNotFound(err) {
+		t.Fatalf("Info before write: %v, want NotFound", err)
+	}
+	if got := obs.take(); len(got) != 1 || got[0] != (recordedCall{"info", "miss", 0}) {
+		t.Errorf("Info of a missing blob recorded %+v, want one info miss", got)
+	}
+
+	if err := content.WriteBlob(ctx, s.client, "observe", bytes.NewReader(data), desc(dgst, data)); err != nil {
+		t.Fatalf("WriteBlob: %v", err)
+	}
+	for _, c := range obs.take() {
+		if c.result == "error" || c.sent != 0 {
+			t.Errorf("writing recorded %+v", c)
+		}
+	}
+
+	if _, err := s.client.Info(ctx, dgst); err != nil {
+		t.Fatal(err)
+	}
+	got, err := content.ReadBlob(ctx, s.client, desc(dgst, data))
+	if err != nil || len(got) != len(data) {
+		t.Fatalf("ReadBlob: %d bytes, %v", len(got), err)
+	}
+	var infoHits, readHits int
+	var readBytes int64
+	for _, c := range obs.take() {
+		switch {
+		case c.rpc == "info" && c.result == "hit":
+			infoHits++
+		case c.rpc == "read" && c.result == "hit":
+			readHits++
+			readBytes += c.sent
+		default:
+			t.Errorf("unexpected call %+v", c)
+		}
+	}
+	if infoHits == 0 || readHits == 0 || readBytes != int64(len(data)) {
+		t.Errorf("after Info and ReadBlob: %d info hits, %d read hits, %d bytes read (want ≥1, ≥1, %d)", infoHits, readHits, readBytes, len(data))
+	}
+}
+
+func TestCallResult(t *testing.T) {
+	for _, c := range []struct {
+		rpc  string
+		err  error
+		want string
+	}{
+		{"info", nil, "hit"},
+		{"read", nil, "hit"},
+		{"info", status.Error(codes.NotFound, "x"), "miss"},
+		{"read", errdefs.ErrNotFound, "miss"},
+		{"write", nil, "none"},
+		{"write", status.Error(codes.AlreadyExists, "x"), "none"},
+		{"abort", status.Error(codes.NotFound, "x"), "none"},
+		{"read", status.Error(codes.Internal, "x"), "error"},
+		{"write", errors.New("disk full"), "error"},
+	} {
+		if got := callResult(c.rpc, c.err); got != c.want {
+			t.Errorf("callResult(%s, %v) = %s, want %s", c.rpc, c.err, got, c.want)
+		}
+	}
+	if got := rpcName("/containerd.services.content.v1.Content/ListStatuses"); got != "list_statuses" {
+		t.Errorf("rpcName = %s", got)
+	}
+	if got := rpcName("/x/Unknown"); got != "other" {
+		t.Errorf("rpcName of an unknown method = %s, want other", got)
+	}
+}
