@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -42,6 +43,12 @@ type installEnv struct {
 
 func newInstallEnv(t *testing.T, seed uint64) *installEnv {
 	t.Helper()
+	return newInstallEnvDaemon(t, seed, "")
+}
+
+// newInstallEnvDaemon is newInstallEnv with daemonExtra added to the daemon's configuration.
+func newInstallEnvDaemon(t *testing.T, seed uint64, daemonExtra string) *installEnv {
+	t.Helper()
 	harness.RequireRoot(t)
 	harness.Tools(t)
 	reg := harness.StartRegistry(t)
@@ -50,7 +57,7 @@ func newInstallEnv(t *testing.T, seed uint64) *installEnv {
 		{Seed: seed, Files: 3, FileSize: 1 << 20}, {Seed: seed + 1, Files: 2, FileSize: 1 << 20},
 	}})
 	e := &installEnv{origin: o, hostsDir: t.TempDir(), ref: ref, im: im, blobs: len(im.Blobs())}
-	e.daemon = harness.StartDaemon(t, harness.DaemonConfig{Registries: []string{o.proxy.Host}})
+	e.daemon = harness.StartDaemon(t, harness.DaemonConfig{Registries: []string{o.proxy.Host}, Extra: daemonExtra})
 	if _, err := harness.WriteHostsToml(e.hostsDir, o.proxy.Host, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +140,62 @@ func TestInstallThenPullContainerd24(t *testing.T) {
 }
 
 func strconvQuote(s string) string { return `"` + s + `"` }
+
+// `install --mode proxy` on containerd 2.4.2's config, reading the content socket from the
+// daemon's own configuration (--config): after --fix, containerd starts with the daemon's
+// content API as its content store and a CRI PullImage goes through the mirror, every blob
+// containerd keeps is the daemon's (and only the daemon's) file. A second install changes
+// nothing; uninstall gives the config back byte for byte.
+func TestInstallProxyModeThenPull(t *testing.T) {
+	socket := filepath.Join(harness.ShortTempDir(t, "bci-"), "content.sock")
+	e := newInstallEnvDaemon(t, 6400, harness.ContentConfig(socket))
+	var originalConfig []byte
+	args := func(cmd, config string, extra ...string) []string {
+		return e.installArgs(cmd, config, append([]string{"--mode", "proxy", "--config", e.daemon.ConfigPath}, extra...)...)
+	}
+	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{
+		HostsDir: "",
+		EditConfig: func(config string) error {
+			originalConfig, _ = os.ReadFile(config)
+			code, out := runInstall(t, args("install", config, "--fix")...)
+			t.Logf("install --mode proxy --fix (exit %d):\n%s", code, out)
+			if code != 0 {
+				t.Errorf("install --mode proxy --fix: exit %d", code)
+			}
+			fixed, _ := os.ReadFile(config)
+			for _, want := range []string{strconvQuote(socket), "[proxy_plugins", strconvQuote(harness.ContentPluginID)} {
+				if !strings.Contains(string(fixed), want) {
+					t.Errorf("containerd config after install --mode proxy lacks %s:\n%s", want, fixed)
+				}
+			}
+			if code, out := runInstall(t, args("install", config, "--fix")...); code != 0 || !strings.Contains(out, "nothing to change") {
+				t.Errorf("second install --mode proxy: exit %d, output %q", code, out)
+			}
+			return nil
+		},
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	e.origin.proxy.Reset()
+	ctrd.CRIPull(t, e.ref)
+	assertServedByDaemon(t, e.daemon, e.origin, e.im.Blobs())
+	// containerd's content is the daemon's: every blob it lists is a daemon file, it keeps no
+	// blob file of its own, and the daemon holds exactly what containerd lists.
+	assertStoredOnce(t, ctrd, "k8s.io", e.daemon)
+	if held, want := heldBlobs(t, socket), sortedContent(t, ctrd, "k8s.io"); !slices.Equal(held, want) {
+		t.Errorf("content API holds %v, containerd lists %v", held, want)
+	}
+
+	code, out := runInstall(t, args("uninstall", ctrd.Config)...)
+	t.Logf("uninstall (exit %d):\n%s", code, out)
+	if code != 0 {
+		t.Fatalf("uninstall: exit %d", code)
+	}
+	if b, _ := os.ReadFile(ctrd.Config); !bytes.Equal(b, originalConfig) {
+		t.Errorf("uninstall did not restore containerd's config:\n%s", b)
+	}
+}
 
 // Debian's containerd 1.6 (config version 2, CRI registry config_path under
 // io.containerd.grpc.v1.cri): install fixes its config, then pulls go through the mirror both
