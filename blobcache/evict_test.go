@@ -3,6 +3,7 @@ package blobcache
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -380,6 +381,55 @@ func TestCorruptIndexRebuilt(t *testing.T) {
 			aside, _ := filepath.Glob(dbPath + ".damaged-*")
 			if want := damage != "missing"; want != (len(aside) == 1) {
 				t.Errorf("damaged index moved aside: %v", aside)
+			}
+		})
+	}
+}
+
+// TestRebuildHoldsWhenAsked: the holds are lost with the index; with HoldRebuilt (the daemon
+// serves the content API) every rebuilt blob is held, so eviction spares what containerd may
+// still refer to, and a Release (containerd's collection) makes it evictable again. Without
+// it, nothing is held.
+func TestRebuildHoldsWhenAsked(t *testing.T) {
+	for _, holdRebuilt := range []bool{true, false} {
+		t.Run(fmt.Sprintf("HoldRebuilt=%v", holdRebuilt), func(t *testing.T) {
+			root := t.TempDir()
+			s := openStore(t, Options{Root: root})
+			dgsts := putN(t, s, 3, 1024, 70)
+			if _, err := s.Hold(t.Context(), dgsts[0]); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			if err := os.Remove(filepath.Join(root, indexFile)); err != nil {
+				t.Fatal(err)
+			}
+			s = openStore(t, Options{Root: root, HoldRebuilt: holdRebuilt})
+			held, err := s.HeldBlobs(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			if holdRebuilt {
+				want = len(dgsts)
+			}
+			if len(held) != want {
+				t.Fatalf("held after rebuild: %v, want %d blobs", held, want)
+			}
+			if holdRebuilt {
+				if err := s.Release(t.Context(), dgsts[1]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := s.EvictTo(t.Context(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			left := present(t, s, dgsts)
+			if holdRebuilt && (res.Blobs != 1 || !slices.Equal(left, []digest.Digest{dgsts[0], dgsts[2]})) {
+				t.Errorf("evict after rebuild with holds: %+v, left %v, want only the released blob gone", res, left)
+			}
+			if !holdRebuilt && len(left) != 0 {
+				t.Errorf("evict after rebuild without holds: left %v, want none", left)
 			}
 		})
 	}

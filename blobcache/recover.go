@@ -29,8 +29,8 @@ const rebuildBatch = 1000
 // a panic inside bbolt) is moved aside as index.db.damaged-<time> and a new one is built
 // from the blob files, as is a missing index when blob files exist: the daemon starts with
 // the blobs it has instead of failing again at every restart. Only a lock held by another
-// process is an error.
-func openIndex(ctx context.Context, root string) (*bolt.DB, error) {
+// process is an error. holdRebuilt records the rebuilt blobs as held (Options.HoldRebuilt).
+func openIndex(ctx context.Context, root string, holdRebuilt bool) (*bolt.DB, error) {
 	dbPath := filepath.Join(root, indexFile)
 	_, statErr := os.Stat(dbPath)
 	missing := errors.Is(statErr, fs.ErrNotExist)
@@ -60,12 +60,12 @@ func openIndex(ctx context.Context, root string) (*bolt.DB, error) {
 	}
 	if rebuild {
 		start := time.Now()
-		n, err := rebuildIndex(db, root)
+		n, err := rebuildIndex(db, root, holdRebuilt)
 		if err != nil {
 			db.Close()
 			return nil, fmt.Errorf("rebuild index %s: %w", dbPath, err)
 		}
-		log.G(ctx).WithFields(log.Fields{"blobs": n, "duration": time.Since(start).Round(time.Millisecond)}).
+		log.G(ctx).WithFields(log.Fields{"blobs": n, "held": holdRebuilt, "duration": time.Since(start).Round(time.Millisecond)}).
 			Info("index rebuilt from blob files; each blob is hashed before it is first served")
 	}
 	return db, nil
@@ -109,9 +109,10 @@ func hasBlobFiles(dir string) bool {
 
 // rebuildIndex records every blob file whose name is a sha256 digest, with the size of the
 // file and marked unverified. Access times are the files' modification times, so the
-// oldest are evicted first. Holds and tags are lost: containerd holds again what it uses,
-// and tags are fetched again.
-func rebuildIndex(db *bolt.DB, root string) (int, error) {
+// oldest are evicted first. Tags, sources and labels are lost (tags are fetched again, a
+// blob of unknown source is private until an upstream check); with held, every blob is
+// recorded as held, since which ones containerd held is lost too.
+func rebuildIndex(db *bolt.DB, root string, held bool) (int, error) {
 	dir := filepath.Join(root, "blobs", string(digest.SHA256))
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -132,7 +133,7 @@ func rebuildIndex(db *bolt.DB, root string) (int, error) {
 					continue
 				}
 				t := fi.ModTime().UTC()
-				rec := &blobRecord{Size: fi.Size(), CreatedAt: t, LastAccess: t, Unverified: true}
+				rec := &blobRecord{Size: fi.Size(), CreatedAt: t, LastAccess: t, Unverified: true, Held: held}
 				if err := putBlob(tx, dgst, rec); err != nil {
 					return err
 				}

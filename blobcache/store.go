@@ -50,6 +50,13 @@ type Options struct {
 	// OnEvict, when set, is told of every eviction that removed blobs (for metrics); it
 	// must not block.
 	OnEvict func(blobs int, bytes int64)
+	// HoldRebuilt marks every blob an index rebuild finds as held (see Hold). Set it when
+	// containerd uses the store through the content API: the holds were lost with the
+	// index, containerd's metadata may refer to any of those blobs (an unpacked layer is
+	// not read again, so it would not be held again), and eviction must not take them.
+	// containerd's next garbage collection deletes, and so releases, those it does not
+	// refer to.
+	HoldRebuilt bool
 }
 
 func (o *Options) setDefaults() {
@@ -163,7 +170,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 
 	// The index lock must be held before fills/ is cleaned: otherwise a second daemon
 	// started by mistake would delete the running one's downloads before failing.
-	db, err := openIndex(ctx, root)
+	db, err := openIndex(ctx, root, opts.HoldRebuilt)
 	if err != nil {
 		return nil, err
 	}

@@ -456,6 +456,61 @@ func ctrMessage(err error) string {
 	return lastLines(err.Error(), 2)
 }
 
+// TestProxyIndexLostKeepsHolds: the daemon's index is lost (removed while the daemon is
+// stopped) under a running containerd that holds an unpacked image. Which blobs containerd
+// held went with the index, and containerd does not read an unpacked layer again, so the
+// restarted daemon holds every blob it finds: `gc --target 0` evicts none of them and
+// containerd can still read all its content. containerd's next collection (after the image is
+// removed) releases the holds, and the blobs become evictable cache.
+func TestProxyIndexLostKeepsHolds(t *testing.T) {
+	e := newProxyEnv(t, true)
+	c := harness.StartContainerdContentProxy(t, harness.ContainerdOptions{HostsDir: e.hostsDir, ContentSharingPolicy: "shared"}, e.socket, true)
+	im, ref := e.push(t, "test/lost-index", "v1", proxyImageSpec(t, 5300))
+	c.Pull(t, "lost", ref, e.hostsDir)
+	containerdHas := sortedContent(t, c, "lost")
+
+	if err := e.daemon.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(e.daemon.Config.Root, "index.db")); err != nil {
+		t.Fatal(err)
+	}
+	e.startDaemon(t)
+	if held := heldBlobs(t, e.socket); !slices.Equal(held, containerdHas) {
+		t.Errorf("after the index rebuild the content API holds %v, containerd has %v", held, containerdHas)
+	}
+	gc := decode[struct {
+		Blobs int `json:"blobs"`
+		Held  int `json:"held"`
+	}](t, e.daemon.MustCLI(t, "gc", "--target", "0", "--json"))
+	if gc.Blobs != 0 || gc.Held != len(containerdHas) {
+		t.Errorf("gc --target 0 after the rebuild: evicted %d, skipped %d held; want 0 evicted, %d held", gc.Blobs, gc.Held, len(containerdHas))
+	}
+	for _, dg := range containerdHas {
+		if _, err := c.CtrE(context.Background(), "lost", "content", "get", dg); err != nil {
+			t.Errorf("containerd cannot read %s after the rebuild: %v", dg, err)
+		}
+	}
+	runImage(t, c, "lost", ref, "lost-1", "/bin/true")
+
+	if _, err := c.CtrE(context.Background(), "lost", "image", "rm", "--sync", ref); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitFor(t, "containerd's collection to release the rebuilt holds", 30*time.Second, 100*time.Millisecond, func() error {
+		if held := heldBlobs(t, e.socket); len(held) > 0 {
+			return fmt.Errorf("still held: %v", held)
+		}
+		return nil
+	})
+	gc = decode[struct {
+		Blobs int `json:"blobs"`
+		Held  int `json:"held"`
+	}](t, e.daemon.MustCLI(t, "gc", "--target", "0", "--json"))
+	if gc.Blobs != len(im.Blobs())+1 {
+		t.Errorf("gc --target 0 after containerd's collection evicted %d blobs, want all %d", gc.Blobs, len(im.Blobs())+1)
+	}
+}
+
 // TestProxyDaemonRestart restarts the daemon under a running containerd, gracefully and
 // with SIGKILL (which leaves the socket file behind): containerd is not restarted, and the
 // next pull, `ctr content ls` and reads of stored content work at once.

@@ -23,6 +23,8 @@ func storeOptions(cfg config.Config) blobcache.Options {
 		HighWatermark:       cfg.Store.HighWatermark,
 		LowWatermark:        cfg.Store.LowWatermark,
 		AccessFlushInterval: cfg.Store.AccessFlushInterval.D(),
+		// containerd's holds are only at stake when it uses the content API.
+		HoldRebuilt: cfg.Content.Enabled,
 	}
 }
 
