@@ -58,21 +58,13 @@ func present(t *testing.T, s *Store, dgsts []digest.Digest) []digest.Digest {
 	return out
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestEvictionOrderAndWatermarks: passing the high mark evicts least recently used blobs
 // (a read makes a blob recent) until the store is under the low mark, and no further.
 func TestEvictionOrderAndWatermarks(t *testing.T) {
-	s := openStore(t, Options{Root: t.TempDir(), MaxSize: 1000, HighWatermark: 90, LowWatermark: 50, EvictRetryInterval: time.Hour})
+	// OnEvict is called once an eviction has removed its records and files.
+	evictions := make(chan int, 8)
+	s := openStore(t, Options{Root: t.TempDir(), MaxSize: 1000, HighWatermark: 90, LowWatermark: 50, EvictRetryInterval: time.Hour,
+		OnEvict: func(blobs int, _ int64) { evictions <- blobs }})
 	b := putN(t, s, 8, 100, 1) // 800 bytes, under the high mark (900)
 	time.Sleep(2 * time.Millisecond)
 	f, _, err := s.OpenBlob(t.Context(), b[0]) // b[0] becomes the most recently used
@@ -88,7 +80,14 @@ func TestEvictionOrderAndWatermarks(t *testing.T) {
 		t.Fatalf("evicted at the high mark: %d of 8 left", len(got))
 	}
 	more = append(more, putN(t, s, 1, 100, 200)...) // 1000: over the mark
-	waitFor(t, "eviction", func() bool { size, _, _ := s.Totals(); return size <= 500 })
+	select {
+	case n := <-evictions:
+		if n != 5 {
+			t.Errorf("one eviction removed %d blobs, want 5", n)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no eviction 30s after passing the high mark")
+	}
 	size, count, _ := s.Totals()
 	if size != 500 || count != 5 {
 		t.Errorf("after eviction: %d bytes in %d blobs, want exactly the low mark: 500 in 5", size, count)

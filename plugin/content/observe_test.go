@@ -19,31 +19,68 @@ type recordedCall struct {
 	sent        int64
 }
 
+// recordingObserver records calls. A stream's call is recorded when its handler returns,
+// which can be after the client saw the last message: tests await what they expect.
 type recordingObserver struct {
-	mu    sync.Mutex
-	calls []recordedCall
+	mu      sync.Mutex
+	changed *sync.Cond
+	calls   []recordedCall
+}
+
+func newRecordingObserver() *recordingObserver {
+	o := &recordingObserver{}
+	o.changed = sync.NewCond(&o.mu)
+	return o
 }
 
 func (o *recordingObserver) ContentRequest(rpc, result string, _ time.Duration, sent int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.calls = append(o.calls, recordedCall{rpc, result, sent})
+	o.changed.Broadcast()
 }
 
-// take returns the calls recorded so far and forgets them.
-func (o *recordingObserver) take() []recordedCall {
+// take waits until done says the calls recorded so far are complete (at most 10 s), then
+// returns them and forgets them.
+func (o *recordingObserver) take(t *testing.T, done func([]recordedCall) bool) []recordedCall {
+	t.Helper()
+	expired := false
+	timer := time.AfterFunc(10*time.Second, func() {
+		o.mu.Lock()
+		expired = true
+		o.changed.Broadcast()
+		o.mu.Unlock()
+	})
+	defer timer.Stop()
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	for !done(o.calls) && !expired {
+		o.changed.Wait()
+	}
+	if expired {
+		t.Errorf("calls recorded: %+v, still incomplete after 10s", o.calls)
+	}
 	calls := o.calls
 	o.calls = nil
 	return calls
+}
+
+func hasCall(rpc string) func([]recordedCall) bool {
+	return func(calls []recordedCall) bool {
+		for _, c := range calls {
+			if c.rpc == rpc {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // The observer sees each call through containerd's own proxy client with its result: a
 // lookup of a missing blob is a miss, of a stored one a hit, and a Read reports the bytes it
 // sent.
 func TestObserverCountsCallsAndReadBytes(t *testing.T) {
-	obs := &recordingObserver{}
+	obs := newRecordingObserver()
 	s := newObservedServed(t, obs)
 	ctx := t.Context()
 	data, dgst := testBlob(300 << 10)
@@ -51,14 +88,14 @@ func TestObserverCountsCallsAndReadBytes(t *testing.T) {
 	if _, err := s.client.Info(ctx, dgst); !errdefs.IsNotFound(err) {
 		t.Fatalf("Info before write: %v, want NotFound", err)
 	}
-	if got := obs.take(); len(got) != 1 || got[0] != (recordedCall{"info", "miss", 0}) {
+	if got := obs.take(t, hasCall("info")); len(got) != 1 || got[0] != (recordedCall{"info", "miss", 0}) {
 		t.Errorf("Info of a missing blob recorded %+v, want one info miss", got)
 	}
 
 	if err := content.WriteBlob(ctx, s.client, "observe", bytes.NewReader(data), desc(dgst, data)); err != nil {
 		t.Fatalf("WriteBlob: %v", err)
 	}
-	for _, c := range obs.take() {
+	for _, c := range obs.take(t, hasCall("write")) {
 		if c.result == "error" || c.sent != 0 {
 			t.Errorf("writing recorded %+v", c)
 		}
@@ -73,7 +110,14 @@ func TestObserverCountsCallsAndReadBytes(t *testing.T) {
 	}
 	var infoHits, readHits int
 	var readBytes int64
-	for _, c := range obs.take() {
+	readAll := func(calls []recordedCall) bool {
+		var n int64
+		for _, c := range calls {
+			n += c.sent
+		}
+		return n >= int64(len(data))
+	}
+	for _, c := range obs.take(t, readAll) {
 		switch {
 		case c.rpc == "info" && c.result == "hit":
 			infoHits++
