@@ -70,6 +70,32 @@ func (e *installEnv) installArgs(cmd, config string, extra ...string) []string {
 		"--registry", e.origin.proxy.Host, "--mirror-url", e.daemon.URL}, extra...)
 }
 
+// pullAfterInstall stops the test if the install steps failed, then pulls the image with CRI
+// PullImage and checks that every blob came through the daemon, once.
+func (e *installEnv) pullAfterInstall(t *testing.T, ctrd *harness.Containerd) {
+	t.Helper()
+	if t.Failed() {
+		t.FailNow()
+	}
+	e.origin.proxy.Reset()
+	ctrd.CRIPull(t, e.ref)
+	assertServedByDaemon(t, e.daemon, e.origin, e.im.Blobs())
+}
+
+// uninstallRestores runs uninstall with args and checks that containerd's config is back to
+// its original bytes.
+func uninstallRestores(t *testing.T, args []string, config string, original []byte) {
+	t.Helper()
+	code, out := runInstall(t, args...)
+	t.Logf("uninstall (exit %d):\n%s", code, out)
+	if code != 0 {
+		t.Fatalf("uninstall: exit %d", code)
+	}
+	if b, _ := os.ReadFile(config); !bytes.Equal(b, original) {
+		t.Errorf("uninstall did not restore containerd's config:\n%s", b)
+	}
+}
+
 // `install` on containerd 2.4.2's config (config_path unset): it reports the problem, shows
 // the diff in --dry-run, fixes it with --fix, and containerd then pulls through the mirror
 // (CRI PullImage, which reads config_path). A second install changes nothing; uninstall
@@ -114,21 +140,9 @@ func TestInstallThenPullContainerd24(t *testing.T) {
 			return nil
 		},
 	})
-	if t.Failed() {
-		t.FailNow()
-	}
-	e.origin.proxy.Reset()
-	ctrd.CRIPull(t, e.ref)
-	assertServedByDaemon(t, e.daemon, e.origin, e.im.Blobs())
+	e.pullAfterInstall(t, ctrd)
 
-	code, out := runInstall(t, e.installArgs("uninstall", ctrd.Config)...)
-	t.Logf("uninstall (exit %d):\n%s", code, out)
-	if code != 0 {
-		t.Fatalf("uninstall: exit %d", code)
-	}
-	if b, _ := os.ReadFile(ctrd.Config); !bytes.Equal(b, originalConfig) {
-		t.Error("uninstall did not restore containerd's config")
-	}
+	uninstallRestores(t, e.installArgs("uninstall", ctrd.Config), ctrd.Config, originalConfig)
 	if b, _ := os.ReadFile(hostsFile); !bytes.Equal(b, originalHosts) {
 		t.Errorf("uninstall did not restore hosts.toml:\n%s", b)
 	}
@@ -174,12 +188,7 @@ func TestInstallProxyModeThenPull(t *testing.T) {
 			return nil
 		},
 	})
-	if t.Failed() {
-		t.FailNow()
-	}
-	e.origin.proxy.Reset()
-	ctrd.CRIPull(t, e.ref)
-	assertServedByDaemon(t, e.daemon, e.origin, e.im.Blobs())
+	e.pullAfterInstall(t, ctrd)
 	// containerd's content is the daemon's: every blob it lists is a daemon file, it keeps no
 	// blob file of its own, and the daemon holds exactly what containerd lists.
 	assertStoredOnce(t, ctrd, "k8s.io", e.daemon)
@@ -187,14 +196,7 @@ func TestInstallProxyModeThenPull(t *testing.T) {
 		t.Errorf("content API holds %v, containerd lists %v", held, want)
 	}
 
-	code, out := runInstall(t, args("uninstall", ctrd.Config)...)
-	t.Logf("uninstall (exit %d):\n%s", code, out)
-	if code != 0 {
-		t.Fatalf("uninstall: exit %d", code)
-	}
-	if b, _ := os.ReadFile(ctrd.Config); !bytes.Equal(b, originalConfig) {
-		t.Errorf("uninstall did not restore containerd's config:\n%s", b)
-	}
+	uninstallRestores(t, args("uninstall", ctrd.Config), ctrd.Config, originalConfig)
 }
 
 // Debian's containerd 1.6 (config version 2, CRI registry config_path under

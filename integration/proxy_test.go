@@ -357,15 +357,7 @@ func TestProxyPullRunCollectRepull(t *testing.T) {
 	}
 
 	// containerd's collection released the holds; the second pull took them again.
-	if _, err := c.CtrE(context.Background(), "proxy", "image", "rm", "--sync", ref); err != nil {
-		t.Fatal(err)
-	}
-	harness.WaitFor(t, "the content API to list nothing after containerd's collection", 30*time.Second, 100*time.Millisecond, func() error {
-		if held := heldBlobs(t, e.socket); len(held) > 0 {
-			return fmt.Errorf("still held: %v", held)
-		}
-		return nil
-	})
+	removeAndAwaitRelease(t, c, "proxy", ref, e.socket)
 	if kept := harness.BlobFiles(t, e.daemon.Config.Root); !mapsEqual(kept, files) {
 		t.Errorf("collection removed blobs from the daemon's store: %v, want %v", kept, files)
 	}
@@ -406,6 +398,21 @@ func assertContentReads(t *testing.T, before, after map[string]*dto.MetricFamily
 	if readHits == 0 || served < float64(layerBytes) {
 		t.Errorf("content reads over the re-pull: %v hits, %v bytes served, want the %d layer bytes unpacked", readHits, served, layerBytes)
 	}
+}
+
+// removeAndAwaitRelease removes ref from namespace ns and waits until containerd's collection
+// has released every hold on the daemon's content API at socket.
+func removeAndAwaitRelease(t *testing.T, c *harness.Containerd, ns, ref, socket string) {
+	t.Helper()
+	if _, err := c.CtrE(context.Background(), ns, "image", "rm", "--sync", ref); err != nil {
+		t.Fatal(err)
+	}
+	harness.WaitFor(t, "containerd's collection to release the content API's holds", 30*time.Second, 100*time.Millisecond, func() error {
+		if held := heldBlobs(t, socket); len(held) > 0 {
+			return fmt.Errorf("still held: %v", held)
+		}
+		return nil
+	})
 }
 
 func mapsEqual(a, b map[string]int64) bool {
@@ -493,15 +500,7 @@ func TestProxyIndexLostKeepsHolds(t *testing.T) {
 	}
 	runImage(t, c, "lost", ref, "lost-1", "/bin/true")
 
-	if _, err := c.CtrE(context.Background(), "lost", "image", "rm", "--sync", ref); err != nil {
-		t.Fatal(err)
-	}
-	harness.WaitFor(t, "containerd's collection to release the rebuilt holds", 30*time.Second, 100*time.Millisecond, func() error {
-		if held := heldBlobs(t, e.socket); len(held) > 0 {
-			return fmt.Errorf("still held: %v", held)
-		}
-		return nil
-	})
+	removeAndAwaitRelease(t, c, "lost", ref, e.socket)
 	gc = decode[struct {
 		Blobs int `json:"blobs"`
 		Held  int `json:"held"`

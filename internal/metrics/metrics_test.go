@@ -23,6 +23,22 @@ func (fakeStore) IndexStats(context.Context) (blobcache.IndexStats, error) {
 	return blobcache.IndexStats{Blobs: 7, Bytes: 1234, HeldBlobs: 1, Tags: 2}, nil
 }
 
+// requestCount is the expected value of requests_total for labels (surface, kind, method,
+// result).
+type requestCount struct {
+	labels []string
+	want   float64
+}
+
+func assertRequests(t *testing.T, m *Metrics, counts []requestCount) {
+	t.Helper()
+	for _, c := range counts {
+		if got := testutil.ToFloat64(m.requests.WithLabelValues(c.labels...)); got != c.want {
+			t.Errorf("requests%v = %v, want %v", c.labels, got, c.want)
+		}
+	}
+}
+
 func TestMirrorMiddlewareCountsByResultHeader(t *testing.T) {
 	m := New("test", fakeStore{})
 	h := m.Mirror(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -56,20 +72,13 @@ func TestMirrorMiddlewareCountsByResultHeader(t *testing.T) {
 	do("HEAD", "/v2/a/manifests/fail")
 	do("GET", "/v2/a/blobs/abort")
 	do("GET", "/v2/")
-	for _, c := range []struct {
-		labels []string
-		want   float64
-	}{
+	assertRequests(t, m, []requestCount{
 		{[]string{"mirror", "blob", "GET", "hit"}, 2},
 		{[]string{"mirror", "manifest", "GET", "miss"}, 1},
 		{[]string{"mirror", "manifest", "HEAD", "error"}, 1},
 		{[]string{"mirror", "blob", "GET", "miss"}, 1},
 		{[]string{"mirror", "ping", "GET", "none"}, 1},
-	} {
-		if got := testutil.ToFloat64(m.requests.WithLabelValues(c.labels...)); got != c.want {
-			t.Errorf("requests%v = %v, want %v", c.labels, got, c.want)
-		}
-	}
+	})
 	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("mirror", "store")); got != 20 {
 		t.Errorf("store bytes = %v, want 20", got)
 	}
@@ -138,19 +147,12 @@ func TestContentRequestCountsBySurfaceContent(t *testing.T) {
 	m.ContentRequest("read", ResultHit, time.Millisecond, 50)
 	m.ContentRequest("info", ResultMiss, time.Millisecond, 0)
 	m.ContentRequest("write", ResultNone, time.Millisecond, 0)
-	for _, c := range []struct {
-		labels []string
-		want   float64
-	}{
+	assertRequests(t, m, []requestCount{
 		{[]string{"content", "read", "grpc", "hit"}, 2},
 		{[]string{"content", "info", "grpc", "miss"}, 1},
 		{[]string{"content", "write", "grpc", "none"}, 1},
 		{[]string{"mirror", "blob", "GET", "hit"}, 0},
-	} {
-		if got := testutil.ToFloat64(m.requests.WithLabelValues(c.labels...)); got != c.want {
-			t.Errorf("requests%v = %v, want %v", c.labels, got, c.want)
-		}
-	}
+	})
 	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("content", "store")); got != 150 {
 		t.Errorf("content store bytes = %v, want 150", got)
 	}
