@@ -22,23 +22,14 @@ type RequestObserver interface {
 	ContentRequest(rpc, result string, d time.Duration, sent int64)
 }
 
-// rpcNames maps the service's methods to metric label values. The set is closed, so that a
-// label never takes a value a client chose.
-var rpcNames = map[string]string{
-	"Info":         "info",
-	"Update":       "update",
-	"List":         "list",
-	"Delete":       "delete",
-	"Read":         "read",
-	"Status":       "status",
-	"ListStatuses": "list_statuses",
-	"Write":        "write",
-	"Abort":        "abort",
-}
-
+// rpcName is the metric label of a method of the service. The set is closed, so that a label
+// never takes a value a client chose.
 func rpcName(fullMethod string) string {
-	if name, ok := rpcNames[fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]]; ok {
-		return name
+	switch name := fullMethod[strings.LastIndexByte(fullMethod, '/')+1:]; name {
+	case "Info", "Update", "List", "Delete", "Read", "Status", "Write", "Abort":
+		return strings.ToLower(name)
+	case "ListStatuses":
+		return "list_statuses"
 	}
 	return "other"
 }
