@@ -102,15 +102,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	var total mirror.RegistryStats
 	for reg, st := range s.mirror.Stats() {
 		resp.Registries[reg] = TrafficStats{RegistryStats: st, HitRatio: st.HitRatio()}
-		total.Requests += st.Requests
-		total.Hits += st.Hits
-		total.Misses += st.Misses
-		total.Bypassed += st.Bypassed
-		total.Stale += st.Stale
-		total.Negative += st.Negative
-		total.Errors += st.Errors
-		total.BytesFromCache += st.BytesFromCache
-		total.BytesFromUpstream += st.BytesFromUpstream
+		total.Add(st)
 	}
 	resp.Total = TrafficStats{RegistryStats: total, HitRatio: total.HitRatio()}
 	writeJSON(w, http.StatusOK, resp)

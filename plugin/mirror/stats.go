@@ -28,7 +28,8 @@ func (s RegistryStats) HitRatio() float64 {
 	return float64(s.Hits+s.Stale+s.Negative) / float64(served)
 }
 
-func (s *RegistryStats) add(o RegistryStats) {
+// Add adds o's counters to s (for totals over registries).
+func (s *RegistryStats) Add(o RegistryStats) {
 	s.Requests += o.Requests
 	s.Hits += o.Hits
 	s.Misses += o.Misses
@@ -78,7 +79,7 @@ func (st *stats) record(q *request) {
 		s = &RegistryStats{}
 		st.per[reg] = s
 	}
-	s.add(d)
+	s.Add(d)
 }
 
 // Stats returns the counters per registry.
