@@ -88,6 +88,28 @@ var pluginsNotNeeded = []string{
 // service reading opts.HostsDir) and waits until both its API and the CRI image service answer.
 func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	t.Helper()
+	c := newContainerd(t, opts, "bc-")
+	text := c.configTOML()
+	if c.Options.ConfigVersion == 2 {
+		text = c.configV2TOML()
+	}
+	if err := os.WriteFile(c.Config, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c.Options.EditConfig != nil {
+		if err := c.Options.EditConfig(c.Config); err != nil {
+			t.Fatalf("edit containerd config: %v", err)
+		}
+	}
+	c.launch(t)
+	c.waitReady(t)
+	return c
+}
+
+// newContainerd fills in opts' defaults and lays out a containerd's directories in a new
+// short temporary directory named with prefix; the configuration is the caller's to write.
+func newContainerd(t testing.TB, opts ContainerdOptions, prefix string) *Containerd {
+	t.Helper()
 	RequireRoot(t)
 	tools := Tools(t)
 	if opts.ContentSharingPolicy == "" {
@@ -113,7 +135,7 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 			Unavailable(t, "%s not found", bin)
 		}
 	}
-	dir := ShortTempDir(t, "bc-")
+	dir := ShortTempDir(t, prefix)
 	c := &Containerd{
 		Dir:     dir,
 		Root:    filepath.Join(dir, "root"),
@@ -129,27 +151,20 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 			t.Fatal(err)
 		}
 	}
-	text := c.configTOML()
-	if opts.ConfigVersion == 2 {
-		text = c.configV2TOML()
-	}
-	if err := os.WriteFile(c.Config, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if opts.EditConfig != nil {
-		if err := opts.EditConfig(c.Config); err != nil {
-			t.Fatalf("edit containerd config: %v", err)
-		}
-	}
-	cmd := exec.Command(opts.Binary, "--config", c.Config)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PATH="+tools.Dir+":"+os.Getenv("PATH"), "TMPDIR="+filepath.Join(dir, "tmp"))
 	// Unmount what containerd may leave mounted (none expected: nothing runs) before the
-	// directory is removed; registered first so it runs after the process is stopped.
+	// directory is removed; registered before the process starts, so it runs after the
+	// process is stopped.
 	t.Cleanup(func() { unmountUnder(t, dir) })
-	c.Process = startProcess(t, "containerd", filepath.Join(dir, "containerd.log"), cmd)
-	c.waitReady(t)
 	return c
+}
+
+// launch starts containerd on its configuration file, without waiting for it.
+func (c *Containerd) launch(t testing.TB) {
+	t.Helper()
+	cmd := exec.Command(c.Options.Binary, "--config", c.Config)
+	cmd.Dir = c.Dir
+	cmd.Env = append(os.Environ(), "PATH="+c.tools.Dir+":"+os.Getenv("PATH"), "TMPDIR="+filepath.Join(c.Dir, "tmp"))
+	c.Process = startProcess(t, "containerd", filepath.Join(c.Dir, "containerd.log"), cmd)
 }
 
 func (c *Containerd) configTOML() string {

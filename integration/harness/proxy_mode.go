@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,29 +37,10 @@ func ContentConfig(socket string) string {
 // containerd's own API, which is what a test starting the daemon later can rely on.
 func StartContainerdContentProxy(t testing.TB, opts ContainerdOptions, socket string, waitCRI bool) *Containerd {
 	t.Helper()
-	RequireRoot(t)
-	tools := Tools(t)
-	if opts.ContentSharingPolicy == "" {
-		opts.ContentSharingPolicy = "isolated"
+	if opts.ConfigVersion == 2 {
+		t.Fatal("proxy mode is set up on a version 3 containerd config only")
 	}
-	if opts.LogLevel == "" {
-		opts.LogLevel = "info"
-	}
-	dir := ShortTempDir(t, "bcp-")
-	c := &Containerd{
-		Dir:     dir,
-		Root:    filepath.Join(dir, "root"),
-		State:   filepath.Join(dir, "state"),
-		Socket:  filepath.Join(dir, "c.sock"),
-		Config:  filepath.Join(dir, "config.toml"),
-		Options: opts,
-		tools:   tools,
-	}
-	for _, d := range []string{c.Root, c.State, filepath.Join(dir, "tmp"), filepath.Join(dir, "opt"), filepath.Join(dir, "cni", "net.d"), filepath.Join(dir, "cni", "bin")} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c := newContainerd(t, opts, "bcp-")
 	cfg := c.configTOML()
 	const disabledKey = "disabled_plugins = ["
 	if !strings.Contains(cfg, disabledKey) {
@@ -71,7 +51,6 @@ func StartContainerdContentProxy(t testing.TB, opts ContainerdOptions, socket st
 	if err := os.WriteFile(c.Config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unmountUnder(t, dir) })
 	c.startProxyMode(t, waitCRI)
 	return c
 }
@@ -88,10 +67,7 @@ func (c *Containerd) RestartProxyMode(t testing.TB, waitCRI bool) {
 
 func (c *Containerd) startProxyMode(t testing.TB, waitCRI bool) {
 	t.Helper()
-	cmd := exec.Command(c.tools.Containerd, "--config", c.Config)
-	cmd.Dir = c.Dir
-	cmd.Env = append(os.Environ(), "PATH="+c.tools.Dir+":"+os.Getenv("PATH"), "TMPDIR="+filepath.Join(c.Dir, "tmp"))
-	c.Process = startProcess(t, "containerd", filepath.Join(c.Dir, "containerd.log"), cmd)
+	c.launch(t)
 	if waitCRI {
 		c.waitReady(t)
 		return
