@@ -54,19 +54,6 @@ type Options struct {
 	ObserveTokenFetch func(registry string)
 }
 
-// OptionsFromConfig maps the daemon configuration to resolver options.
-func OptionsFromConfig(c config.UpstreamConfig) Options {
-	return Options{
-		AllowedRegistries:     c.AllowedRegistries,
-		PlainHTTP:             c.PlainHTTP,
-		AllowPrivateNetworks:  c.AllowPrivateNetworks,
-		DialTimeout:           c.DialTimeout.D(),
-		ResponseHeaderTimeout: c.ResponseHeaderTimeout.D(),
-		StallTimeout:          c.StallTimeout.D(),
-		HostsDir:              c.HostsDir,
-	}
-}
-
 // Resolver sends the daemon's requests to upstream registries.
 type Resolver struct {
 	opts   Options

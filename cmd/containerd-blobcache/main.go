@@ -14,9 +14,9 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/containerd-blobcache/containerd-blobcache/cmd/containerd-blobcache/server"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin"
 )
 
 const usage = `containerd-blobcache: a node-local pull-through cache for containerd
@@ -153,7 +153,7 @@ func serve(args []string, stderr io.Writer) error {
 	defer stop()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("daemon", "containerd-blobcache"))
 
-	srv, err := plugin.New(ctx, cfg)
+	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
 )
 
@@ -43,7 +43,7 @@ func New(store *blobcache.Store, m *mirror.Handler) *Server {
 
 // Listen binds the admin socket: mode 0600, a stale socket replaced, a live one refused.
 func Listen(ctx context.Context, path string) (net.Listener, error) {
-	ln, err := content.Listen(ctx, path, "")
+	ln, err := unixsock.Listen(ctx, path, "")
 	if err != nil {
 		return nil, fmt.Errorf("admin socket (admin.address) %s: %w", path, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
 )
 
 // served is a content service on a unix socket with containerd's own proxy client on it:
@@ -39,7 +40,7 @@ func serve(ctx context.Context, root string, observer RequestObserver) (*served,
 		return nil, err
 	}
 	socket := filepath.Join(dir, "content.sock")
-	ln, err := Listen(ctx, socket, "")
+	ln, err := unixsock.Listen(ctx, socket, "")
 	if err != nil {
 		cache.Close()
 		os.RemoveAll(dir)

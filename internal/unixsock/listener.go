@@ -1,4 +1,4 @@
-package content
+package unixsock
 
 import (
 	"context"
@@ -24,7 +24,7 @@ const TempSuffix = ".tmp"
 // staleProbeTimeout bounds the dial that tells a stale socket file from a live one.
 const staleProbeTimeout = time.Second
 
-// Listen binds the unix socket at path for the content API.
+// Listen binds a daemon unix socket at path (the content/diff socket, the admin socket).
 //
 // The socket is private to root (0600) unless group is set (a group name or numeric gid):
 // then it is 0660 and owned by that group. A directory Listen creates for it is 0700 (0750
@@ -37,7 +37,7 @@ const staleProbeTimeout = time.Second
 // another daemon has replaced it meanwhile.
 func Listen(ctx context.Context, path, group string) (net.Listener, error) {
 	if !filepath.IsAbs(path) {
-		return nil, fmt.Errorf("content socket %q: not an absolute path: %w", path, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("socket %q: not an absolute path: %w", path, errdefs.ErrInvalidArgument)
 	}
 	gid := -1
 	if group != "" {
@@ -71,15 +71,15 @@ func Listen(ctx context.Context, path, group string) (net.Listener, error) {
 	mode := os.FileMode(0o600)
 	if gid >= 0 {
 		if err := os.Chown(tmp, -1, gid); err != nil {
-			return fail(fmt.Errorf("chown content socket to group %s: %w", group, err))
+			return fail(fmt.Errorf("chown socket to group %s: %w", group, err))
 		}
 		mode = 0o660
 	}
 	if err := os.Chmod(tmp, mode); err != nil {
-		return fail(fmt.Errorf("chmod content socket: %w", err))
+		return fail(fmt.Errorf("chmod socket: %w", err))
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return fail(fmt.Errorf("move content socket into place: %w", err))
+		return fail(fmt.Errorf("move socket into place: %w", err))
 	}
 	fi, err := os.Lstat(path)
 	if err != nil {
@@ -112,17 +112,17 @@ func (l *socketListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Ne
 func lookupGroup(group string) (int, error) {
 	if gid, err := strconv.Atoi(group); err == nil {
 		if gid < 0 {
-			return 0, fmt.Errorf("content socket_group %q: negative gid: %w", group, errdefs.ErrInvalidArgument)
+			return 0, fmt.Errorf("socket group %q: negative gid: %w", group, errdefs.ErrInvalidArgument)
 		}
 		return gid, nil
 	}
 	g, err := user.LookupGroup(group)
 	if err != nil {
-		return 0, fmt.Errorf("content socket_group %q: %v: %w", group, err, errdefs.ErrInvalidArgument)
+		return 0, fmt.Errorf("socket group %q: %v: %w", group, err, errdefs.ErrInvalidArgument)
 	}
 	gid, err := strconv.Atoi(g.Gid)
 	if err != nil {
-		return 0, fmt.Errorf("content socket_group %q: gid %q: %w", group, g.Gid, errdefs.ErrInvalidArgument)
+		return 0, fmt.Errorf("socket group %q: gid %q: %w", group, g.Gid, errdefs.ErrInvalidArgument)
 	}
 	return gid, nil
 }
@@ -131,25 +131,25 @@ func lookupGroup(group string) (int, error) {
 func ensureDir(ctx context.Context, dir string, gid int) error {
 	if fi, err := os.Stat(dir); err == nil {
 		if !fi.IsDir() {
-			return fmt.Errorf("content socket directory %s is not a directory: %w", dir, errdefs.ErrInvalidArgument)
+			return fmt.Errorf("socket directory %s is not a directory: %w", dir, errdefs.ErrInvalidArgument)
 		}
 		return nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create content socket directory: %w", err)
+		return fmt.Errorf("create socket directory: %w", err)
 	}
 	mode := os.FileMode(0o700)
 	if gid >= 0 {
 		if err := os.Chown(dir, -1, gid); err != nil {
-			return fmt.Errorf("chown content socket directory: %w", err)
+			return fmt.Errorf("chown socket directory: %w", err)
 		}
 		mode = 0o750
 	}
 	// MkdirAll's mode is filtered by the umask; the mode wanted is exact.
 	if err := os.Chmod(dir, mode); err != nil {
-		return fmt.Errorf("chmod content socket directory: %w", err)
+		return fmt.Errorf("chmod socket directory: %w", err)
 	}
-	log.G(ctx).WithFields(log.Fields{"path": dir, "mode": mode}).Debug("created content socket directory")
+	log.G(ctx).WithFields(log.Fields{"path": dir, "mode": mode}).Debug("created socket directory")
 	return nil
 }
 
@@ -164,16 +164,16 @@ func removeStale(ctx context.Context, path string) error {
 		return fmt.Errorf("stat socket: %w", err)
 	}
 	if fi.Mode()&fs.ModeSocket == 0 {
-		return fmt.Errorf("content socket path %s exists and is not a socket: %w", path, errdefs.ErrAlreadyExists)
+		return fmt.Errorf("socket path %s exists and is not a socket: %w", path, errdefs.ErrAlreadyExists)
 	}
 	conn, err := net.DialTimeout("unix", path, staleProbeTimeout)
 	if err == nil {
 		conn.Close()
-		return fmt.Errorf("content socket %s is served by another process (another containerd-blobcache?): %w", path, errdefs.ErrAlreadyExists)
+		return fmt.Errorf("socket %s is served by another process (another containerd-blobcache?): %w", path, errdefs.ErrAlreadyExists)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove stale content socket: %w", err)
+		return fmt.Errorf("remove stale socket: %w", err)
 	}
-	log.G(ctx).WithField("path", path).Info("removed stale content socket")
+	log.G(ctx).WithField("path", path).Info("removed stale socket")
 	return nil
 }

@@ -1,4 +1,4 @@
-package plugin
+package server
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
@@ -76,7 +77,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	// The content socket comes next: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
 	if cfg.Content.Enabled {
-		cln, err := content.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
+		cln, err := unixsock.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
 		if err != nil {
 			return nil, fmt.Errorf("content socket %s (content.address): %w", cfg.Content.Address, err)
 		}
@@ -94,7 +95,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	}
 	undo = append(undo, func() { ln.Close() })
 
-	opts := resolver.OptionsFromConfig(cfg.Upstream)
+	opts := resolverOptions(cfg.Upstream)
 	opts.UserAgent = "containerd-blobcache/" + version.Version
 	opts.SelfAddresses = []string{ln.Addr().String()}
 	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)

@@ -1,4 +1,4 @@
-package plugin
+package server
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
+	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
 // storeOptions are the store's size limit and access-time batching from the config.
@@ -25,6 +26,20 @@ func storeOptions(cfg config.Config) blobcache.Options {
 		AccessFlushInterval: cfg.Store.AccessFlushInterval.D(),
 		// containerd's holds are only at stake when it uses the content API.
 		HoldRebuilt: cfg.Content.Enabled,
+	}
+}
+
+// resolverOptions are the upstream settings from the config; the caller adds what comes from
+// the running process (user agent, own addresses, credentials, observers).
+func resolverOptions(c config.UpstreamConfig) resolver.Options {
+	return resolver.Options{
+		AllowedRegistries:     c.AllowedRegistries,
+		PlainHTTP:             c.PlainHTTP,
+		AllowPrivateNetworks:  c.AllowPrivateNetworks,
+		DialTimeout:           c.DialTimeout.D(),
+		ResponseHeaderTimeout: c.ResponseHeaderTimeout.D(),
+		StallTimeout:          c.StallTimeout.D(),
+		HostsDir:              c.HostsDir,
 	}
 }
 
