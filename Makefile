@@ -19,7 +19,7 @@ FUZZ_TARGETS = \
 # every count; a duration is subject to the Go 1.26 race above.
 FUZZTIME    ?=
 
-.PHONY: all build run test unit integration tools vet fmt clean fuzz bench
+.PHONY: all build run test unit integration deps bench-deps tools vet fmt clean fuzz bench
 
 all: build
 
@@ -30,6 +30,14 @@ build:
 # needs no root.
 run: build
 	$(BIN) serve --root $(RUN_DIR) --admin-address $(RUN_DIR)/admin.sock
+
+# Installs (as root) or checks the Debian packages the tests use; nothing when all are there.
+deps:
+	./.ci/install-deps
+
+# The same, with the benchmark's packages (nginx-light).
+bench-deps:
+	./.ci/install-deps --bench
 
 # Installs the pinned containerd, ctr, shim and registry the integration tests need.
 tools:
@@ -45,7 +53,7 @@ fmt:
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
-integration: tools
+integration: deps tools
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 40m -v ./integration/...
 
 # Runs each fuzz target on top of its committed seed corpus (go test -fuzz takes one target at
@@ -59,16 +67,16 @@ fuzz:
 	done
 
 # Every test: unit tests and the integration suite against a real containerd and registry,
-# and every fuzz target for its execution count.
-test: tools vet fuzz
+# and every fuzz target for its execution count. It installs what it needs first: the Debian
+# packages (deps, as root) and the pinned tools.
+test: deps tools vet fuzz
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 50m ./...
 
 # Side-by-side benchmarks (docs/BENCHMARKS.md): containerd-blobcache against a direct pull,
 # distribution as a pull-through proxy and nginx, on loopback. Needs root. Prints one markdown
 # table at the end (also written to bin/bench.md). BENCH_RUNS, BENCH_SCALE and the other
 # BENCH_* variables of integration/bench/bench_test.go make it smaller for a quick look.
-bench: tools
-	./.ci/install-bench-deps
+bench: bench-deps tools
 	@mkdir -p bin
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin BENCH_OUT=$(CURDIR)/bin/bench.md BENCH_COMMAND="make bench" \
 		$(GO) test -tags bench -count=1 -timeout 60m -run TestBench -v ./integration/bench/

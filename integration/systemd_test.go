@@ -14,10 +14,7 @@ import (
 // ExecStart pointing at a real build of the daemon, and keeps the properties the daemon
 // relies on.
 func TestSystemdUnitVerifies(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		harness.Unavailable(t, "systemd-analyze not found (apt-get install systemd): %v", err)
-	}
+	analyze := harness.RequireCommand(t, "systemd-analyze", "systemd")
 	root, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)

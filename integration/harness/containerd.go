@@ -131,9 +131,13 @@ func newContainerd(t testing.TB, opts ContainerdOptions, prefix string) *Contain
 		t.Fatalf("containerd config version %d: the harness writes 2 or 3", opts.ConfigVersion)
 	}
 	for _, bin := range []string{opts.Binary, opts.CtrBinary} {
-		if !isExecutable(bin) {
-			Unavailable(t, "%s not found", bin)
+		if isExecutable(bin) {
+			continue
 		}
+		if bin == DebianContainerd || bin == DebianCtr {
+			Unavailable(t, "%s not found: %s", bin, debianHint("containerd"))
+		}
+		Unavailable(t, "%s not found (run `make tools` or set %s)", bin, ToolsDirEnv)
 	}
 	dir := ShortTempDir(t, prefix)
 	c := &Containerd{
