@@ -18,13 +18,17 @@ FUZZ_TARGETS = \
 # FUZZTIME, when set (for example `make fuzz FUZZTIME=5m` for a longer local hunt), replaces
 # every count; a duration is subject to the Go 1.26 race above.
 FUZZTIME    ?=
+# The version the binary reports (`version`, the start-up log line, build_info in /metrics,
+# `stats`): git describe of the checkout, "dev" outside git.
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X github.com/containerd-blobcache/containerd-blobcache/internal/version.Version=$(VERSION)
 
 .PHONY: all build run test unit integration deps bench-deps tools vet fmt clean fuzz bench
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/containerd-blobcache
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-blobcache
 
 # Runs the daemon on embedded defaults, with its state in a folder of the repo so that it
 # needs no root.

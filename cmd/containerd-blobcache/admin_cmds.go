@@ -60,6 +60,7 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 	if s.MaxSize > 0 {
 		limit = fmt.Sprintf("%s (%.0f%% used; evicts above %s down to %s)", humanBytes(s.MaxSize), 100*float64(s.Size)/float64(s.MaxSize), humanBytes(s.High), humanBytes(s.Low))
 	}
+	fmt.Fprintf(stdout, "daemon:    containerd-blobcache %s\n", st.Version)
 	fmt.Fprintf(stdout, "store:     %s in %d blobs, limit %s\n", humanBytes(s.Size), s.Blobs, limit)
 	fmt.Fprintf(stdout, "content:   %d manifests, %d tags, %d blobs held by containerd\n", s.Manifests, s.Tags, s.Held)
 	fmt.Fprintf(stdout, "since:     %s\n\n", st.Since.Local().Format("2006-01-02 15:04:05"))

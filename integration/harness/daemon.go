@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -178,59 +177,18 @@ type Daemon struct {
 	Client     *http.Client
 }
 
-var daemonBuild struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
-}
-
 // DaemonBinary builds ./cmd/containerd-blobcache with -race once per test binary and
 // returns its path; a build failure fails every test that needs it. Call CleanupBuilds from
 // TestMain to remove the build directory.
 func DaemonBinary(t testing.TB) string {
 	t.Helper()
-	daemonBuild.once.Do(func() {
-		root, err := RepoRoot()
-		if err != nil {
-			daemonBuild.err = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "blobcache-build-")
-		if err != nil {
-			daemonBuild.err = err
-			return
-		}
-		daemonBuild.dir = dir
-		out := filepath.Join(dir, "containerd-blobcache")
-		goTool := "go"
-		if p, err := exec.LookPath("go"); err == nil {
-			goTool = p
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, goTool, "build", "-race", "-o", out, DaemonPackage)
-		cmd.Dir = root
-		start := time.Now()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			daemonBuild.err = fmt.Errorf("go build -race %s: %v\n%s", DaemonPackage, err, b)
-			return
-		}
-		daemonBuild.path = out
-		fmt.Fprintf(os.Stderr, "built %s in %v\n", DaemonPackage, time.Since(start).Round(time.Millisecond))
-	})
-	if daemonBuild.err != nil {
-		t.Fatalf("building the daemon: %v", daemonBuild.err)
-	}
-	return daemonBuild.path
+	return raceBuild.binary(t, "-race")
 }
 
 // CleanupBuilds removes what DaemonBinary and DaemonBinaryNoRace built.
 func CleanupBuilds() {
-	if daemonBuild.dir != "" {
-		os.RemoveAll(daemonBuild.dir)
-	}
-	cleanupPlainBuild()
+	raceBuild.cleanup()
+	plainBuild.cleanup()
 }
 
 // Main runs the tests and removes the daemon build afterwards; use it as TestMain's body.

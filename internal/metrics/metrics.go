@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -111,9 +112,9 @@ func New(version string, store StoreStats) *Metrics {
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
-		Help: "Always 1; the version label is the daemon's version.",
-	}, []string{"version"})
-	buildInfo.WithLabelValues(version).Set(1)
+		Help: "Always 1; the labels are the daemon's version and the Go version it was built with.",
+	}, []string{"version", "goversion"})
+	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(m.requests, m.requestDuration, m.bytesServed, m.upstream, m.tokenFetches,
 		m.evictions, m.evictedBytes, buildInfo,
 		collectors.NewGoCollector(),

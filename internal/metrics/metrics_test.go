@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -119,7 +120,7 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 		t.Fatalf("metrics %d", code)
 	}
 	for _, want := range []string{
-		`containerd_blobcache_build_info{version="v9"} 1`,
+		`containerd_blobcache_build_info{goversion="` + runtime.Version() + `",version="v9"} 1`,
 		`containerd_blobcache_fills_in_flight 2`,
 		`containerd_blobcache_fill_coalesced_waiters 3`,
 		`containerd_blobcache_store_blobs 7`,

@@ -23,6 +23,8 @@ const (
 
 // StatsResponse answers GET /v1/stats.
 type StatsResponse struct {
+	// Version is the daemon's version (internal/version, set at build time).
+	Version    string                  `json:"version"`
 	Store      StoreStats              `json:"store"`
 	Total      TrafficStats            `json:"total"`
 	Registries map[string]TrafficStats `json:"registries"`

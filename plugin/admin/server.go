@@ -17,6 +17,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
 )
 
@@ -92,6 +93,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := StatsResponse{
+		Version: version.Version,
 		Store: StoreStats{
 			Size: sum.Size, MaxSize: sum.MaxSize, High: sum.High, Low: sum.Low,
 			Blobs: sum.Blobs, Manifests: sum.Manifests, Tags: sum.Tags, Held: sum.Held,
