@@ -55,6 +55,8 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 			}
 		}
 	}()
+	// First in, so last out: after the store and the sockets are closed.
+	undo = append(undo, removeCreated(cfg))
 
 	// The metrics are created after the store (they read it when scraped); evictions that
 	// start before then are not counted, and the pointer keeps the hand-over race-free.
