@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // What happens to a blob GET: serveBlob answers from the store when it holds the digest
@@ -31,11 +32,11 @@ func (h *Handler) serveBlob(q *request) {
 		h.bypass(q, "digest algorithm not stored")
 		return
 	}
-	if h.serveStored(q, q.target.dgst, resultHit, false) {
+	if h.serveStored(q, q.target.dgst, traffic.Hit, false) {
 		return
 	}
 	if q.r.Method == http.MethodHead {
-		h.proxy(q, resultBypass, "")
+		h.proxy(q, traffic.Bypass, "")
 		return
 	}
 
@@ -57,7 +58,7 @@ func (h *Handler) serveBlob(q *request) {
 			h.serveFill(q, fill)
 			return
 		case errdefs.IsAlreadyExists(err):
-			if h.serveStored(q, q.target.dgst, resultHit, false) {
+			if h.serveStored(q, q.target.dgst, traffic.Hit, false) {
 				return
 			}
 			h.bypass(q, "blob committed but unreadable")
@@ -73,7 +74,7 @@ func (h *Handler) serveBlob(q *request) {
 			// It joined another client's failing download again (a busy blob that upstream
 			// refuses, such as a 404): ask upstream itself, so that it gets its own answer
 			// and not a 502 for someone else's.
-			h.proxy(q, resultBypass, "")
+			h.proxy(q, traffic.Bypass, "")
 			return
 		case ctx.Err() != nil:
 			return
@@ -157,8 +158,8 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Docker-Content-Digest", q.target.dgst.String())
 	hdr.Set("Etag", `"`+q.target.dgst.String()+`"`)
-	hdr.Set(ResultHeader, resultMiss)
-	q.w.result = resultMiss
+	hdr.Set(traffic.ResultHeader, string(traffic.Miss))
+	q.w.result = traffic.Miss
 	q.w.WriteHeader(status)
 
 	written, err := copyFlushing(q.w, src)
@@ -173,7 +174,7 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 		// The disk failed under the download: the rest of this response comes straight from
 		// upstream, from where this client is.
 		log.G(ctx).WithError(err).WithField("digest", q.target.dgst).Warn("store failed during download; continuing from upstream")
-		q.w.result = resultBypass
+		q.w.result = traffic.Bypass
 		end := ""
 		if length >= 0 {
 			end = strconv.FormatInt(start+length-1, 10)
@@ -225,7 +226,7 @@ func (h *Handler) continueFromUpstream(q *request, offset int64, end string) boo
 
 // serveStored answers from the store if it holds dgst, with Range and HEAD handled by
 // http.ServeContent over the file (sendfile). It returns false if the store does not have it.
-func (h *Handler) serveStored(q *request, dgst digest.Digest, result string, manifest bool) bool {
+func (h *Handler) serveStored(q *request, dgst digest.Digest, result traffic.Result, manifest bool) bool {
 	ctx := q.r.Context()
 	f, info, err := h.store.OpenBlob(ctx, dgst)
 	if err != nil {
@@ -257,7 +258,7 @@ func (h *Handler) serveStored(q *request, dgst digest.Digest, result string, man
 	hdr.Set("Content-Type", mediaType)
 	hdr.Set("Docker-Content-Digest", dgst.String())
 	hdr.Set("Etag", `"`+dgst.String()+`"`)
-	hdr.Set(ResultHeader, result)
+	hdr.Set(traffic.ResultHeader, string(result))
 	q.w.result = result
 	// No source is recorded here: serving from the store proves nothing about the registry.
 	http.ServeContent(q.w, q.r, "", time.Time{}, f)
@@ -292,7 +293,7 @@ func awaitFirstChunk(src io.Reader) (io.Reader, error) {
 func (h *Handler) fillFailedBeforeHeaders(q *request, err error) {
 	if errors.Is(err, blobcache.ErrStorage) {
 		log.G(q.r.Context()).WithError(err).WithField("digest", q.target.dgst).Warn("store failed before the first byte; serving uncached")
-		h.proxy(q, resultBypass, "")
+		h.proxy(q, traffic.Bypass, "")
 		return
 	}
 	h.upstreamFailed(q, err)

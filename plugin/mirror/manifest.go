@@ -12,8 +12,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // A manifest request: by digest it is served from the store or fetched; by tag the stored
@@ -24,7 +26,7 @@ import (
 func (h *Handler) serveManifest(q *request) {
 	ctx := q.r.Context()
 	if q.target.tag == "" {
-		if h.serveStored(q, q.target.dgst, resultHit, true) {
+		if h.serveStored(q, q.target.dgst, traffic.Hit, true) {
 			return
 		}
 		if h.serveNegative(q) {
@@ -52,7 +54,7 @@ func (h *Handler) serveManifest(q *request) {
 		return
 	}
 	if h.now().Sub(rec.FetchedAt) < h.freshness(q.endpoint.Name) && !h.alwaysRevalidate(q.endpoint.Name, q.target.repo, q.target.tag) {
-		if h.serveStored(q, rec.Digest, resultHit, true) {
+		if h.serveStored(q, rec.Digest, traffic.Hit, true) {
 			return
 		}
 		h.fetchManifest(q)
@@ -83,7 +85,7 @@ func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 		}
 		entry.Info("upstream cannot revalidate tag; serving the stored digest")
 		q.w.Header().Set("Warning", `110 - "Response is Stale"`)
-		if h.serveStored(q, rec.Digest, resultStale, true) {
+		if h.serveStored(q, rec.Digest, traffic.Stale, true) {
 			return
 		}
 		h.fail(q, newAPIError(http.StatusBadGateway, "UNAVAILABLE", "upstream unavailable and manifest not stored"))
@@ -99,7 +101,7 @@ func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 		if err := h.store.PutTag(ctx, q.endpoint.Name, q.target.repo, q.target.tag, rec); err != nil {
 			log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
 		}
-		if h.serveStored(q, rec.Digest, resultHit, true) {
+		if h.serveStored(q, rec.Digest, traffic.Hit, true) {
 			return
 		}
 	}
@@ -147,12 +149,12 @@ func (h *Handler) fetchManifest(q *request) {
 	}
 	mediaType := manifestMediaType(resp.Header.Get("Content-Type"), body)
 
-	result := resultMiss
+	result := traffic.Miss
 	if dgst.Algorithm() != digest.SHA256 {
-		result = resultBypass
+		result = traffic.Bypass
 	} else if err := h.store.PutBlob(ctx, dgst, mediaType, q.source(), body); err != nil {
 		log.G(ctx).WithError(err).WithField("digest", dgst).Warn("cannot store manifest; serving it uncached")
-		result = resultBypass
+		result = traffic.Bypass
 	} else if q.target.tag != "" {
 		rec := blobcache.TagRecord{Digest: dgst, MediaType: mediaType, Size: int64(len(body)), FetchedAt: h.now()}
 		if err := h.store.PutTag(ctx, q.endpoint.Name, q.target.repo, q.target.tag, rec); err != nil {
@@ -164,7 +166,7 @@ func (h *Handler) fetchManifest(q *request) {
 	hdr.Set("Docker-Content-Digest", dgst.String())
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
 	hdr.Set("Etag", `"`+dgst.String()+`"`)
-	hdr.Set(ResultHeader, result)
+	hdr.Set(traffic.ResultHeader, string(result))
 	q.w.result = result
 	q.w.WriteHeader(http.StatusOK)
 	if q.r.Method == http.MethodGet {
@@ -189,7 +191,7 @@ func claimMatches(claim string, body []byte) bool {
 // that sends a wrong Content-Type would otherwise have it cached and served), or else the
 // upstream Content-Type without parameters.
 func manifestMediaType(contentType string, body []byte) string {
-	if mt := declaredMediaType(body); knownManifestType(mt) {
+	if mt := declaredMediaType(body); blobcache.IsManifest(mt) {
 		return mt
 	}
 	if mt, _, err := mime.ParseMediaType(contentType); err == nil && mt != "" && mt != "text/plain" && mt != "application/octet-stream" {
@@ -198,7 +200,7 @@ func manifestMediaType(contentType string, body []byte) string {
 	if mt := declaredMediaType(body); mt != "" {
 		return mt
 	}
-	return "application/vnd.oci.image.manifest.v1+json"
+	return ocispec.MediaTypeImageManifest
 }
 
 func acceptable(r *http.Request, mediaType string) bool {
@@ -216,20 +218,6 @@ func acceptable(r *http.Request, mediaType string) bool {
 				return true
 			}
 		}
-	}
-	return false
-}
-
-// knownManifestType reports whether mt is a manifest or index media type containerd pulls.
-func knownManifestType(mt string) bool {
-	switch mt {
-	case "application/vnd.oci.image.manifest.v1+json",
-		"application/vnd.oci.image.index.v1+json",
-		"application/vnd.docker.distribution.manifest.v2+json",
-		"application/vnd.docker.distribution.manifest.list.v2+json",
-		"application/vnd.docker.distribution.manifest.v1+json",
-		"application/vnd.docker.distribution.manifest.v1+prettyjws":
-		return true
 	}
 	return false
 }

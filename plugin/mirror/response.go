@@ -9,33 +9,21 @@ import (
 	"strings"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
-)
-
-// ResultHeader tells the client (and the operator with curl -v) how a request was answered.
-const ResultHeader = "X-Blobcache-Result"
-
-// Results, also used in the per-request log line.
-const (
-	resultHit      = "hit"      // served from the store
-	resultMiss     = "miss"     // fetched upstream, and stored
-	resultBypass   = "bypass"   // fetched upstream, not stored (the store could not help)
-	resultStale    = "stale"    // a tag served from the store because upstream failed
-	resultNegative = "negative" // a manifest 404 upstream gave a moment ago (tags.go)
-	resultError    = "error"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // recorder remembers what a handler sent, for the request's log line: the status and bytes
 // (httpcount.Writer, which keeps sendfile working), the result and the error.
 type recorder struct {
 	httpcount.Writer
-	result  string
+	result  traffic.Result
 	err     error
 	aborted bool
 }
 
 // fail answers with an OCI error body before any header went out.
 func (h *Handler) fail(q *request, e *apiError) {
-	q.w.result = resultError
+	q.w.result = traffic.Error
 	q.w.err = e
 	e.write(q.w, q.r)
 }
@@ -78,12 +66,12 @@ func (e *apiError) write(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeAs relays the captured answer with the given result.
-func (e *statusError) writeAs(q *request, result string) {
+func (e *statusError) writeAs(q *request, result traffic.Result) {
 	for k, v := range e.header {
 		q.w.Header()[k] = v
 	}
 	q.w.Header().Set("Content-Length", strconv.Itoa(len(e.body)))
-	q.w.Header().Set(ResultHeader, result)
+	q.w.Header().Set(traffic.ResultHeader, string(result))
 	q.w.result = result
 	q.w.err = e
 	q.w.WriteHeader(e.status)

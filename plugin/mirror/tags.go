@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // negativeCacheMax bounds the remembered 404s: a client asking for many made-up tags must
@@ -129,7 +131,7 @@ func (h *Handler) serveNegative(q *request) bool {
 	if se == nil {
 		return false
 	}
-	se.writeAs(q, resultNegative)
+	se.writeAs(q, traffic.Negative)
 	return true
 }
 

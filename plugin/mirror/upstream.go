@@ -8,6 +8,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
@@ -16,11 +17,11 @@ func (h *Handler) bypass(q *request, why string) {
 	if why != "" {
 		log.G(q.r.Context()).WithFields(log.Fields{"digest": q.target.dgst, "reason": why}).Info("bypassing the store")
 	}
-	h.proxy(q, resultBypass, "")
+	h.proxy(q, traffic.Bypass, "")
 }
 
 // proxy relays the client's request upstream and the answer back, headers and body as they come.
-func (h *Handler) proxy(q *request, result, rng string) {
+func (h *Handler) proxy(q *request, result traffic.Result, rng string) {
 	ctx := q.r.Context()
 	req := q.upstream(q.r.Method)
 	req.Range = rng
@@ -35,7 +36,7 @@ func (h *Handler) proxy(q *request, result, rng string) {
 		return
 	}
 	copyHeaders(q.w.Header(), resp.Header, "Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Docker-Content-Digest", "Etag")
-	q.w.Header().Set(ResultHeader, result)
+	q.w.Header().Set(traffic.ResultHeader, string(result))
 	q.w.result = result
 	q.w.WriteHeader(resp.StatusCode)
 	if q.r.Method == http.MethodHead {
@@ -53,7 +54,7 @@ func (h *Handler) upstreamFailed(q *request, err error) {
 	ctx := q.r.Context()
 	if ctx.Err() != nil {
 		q.w.err = ctx.Err()
-		q.w.result = resultError
+		q.w.result = traffic.Error
 		return
 	}
 	log.G(ctx).WithError(err).WithFields(log.Fields{"ns": q.endpoint.Name, "repo": q.target.repo, "ref": q.target.reference()}).Warn("upstream request failed")
@@ -84,7 +85,7 @@ func captureStatus(resp *http.Response) *statusError {
 }
 
 // write relays the captured answer as a bypass (see writeAs).
-func (e *statusError) write(q *request) { e.writeAs(q, resultBypass) }
+func (e *statusError) write(q *request) { e.writeAs(q, traffic.Bypass) }
 
 func (h *Handler) passUpstreamStatus(q *request, resp *http.Response) {
 	captureStatus(resp).write(q)
