@@ -78,6 +78,10 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 		row(r, st.Registries[r])
 	}
 	row("total", st.Total)
+	if st.Content.Requests > 0 {
+		// The content API's Info and Read calls: hits and misses of the store.
+		row("content API", st.Content)
+	}
 	return tw.Flush()
 }
 

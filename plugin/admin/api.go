@@ -6,7 +6,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // The types below are the API's JSON, shared with the CLI: field names are stable.
@@ -23,10 +23,15 @@ const (
 
 // StatsResponse answers GET /v1/stats.
 type StatsResponse struct {
-	Store      StoreStats              `json:"store"`
+	Store StoreStats `json:"store"`
+	// Total and Registries count the mirror's answers: Total includes requests refused
+	// before a registry was known.
 	Total      TrafficStats            `json:"total"`
 	Registries map[string]TrafficStats `json:"registries"`
-	Since      time.Time               `json:"since"`
+	// Content counts the content API's Info and Read calls (hits and misses) and its
+	// failed calls.
+	Content TrafficStats `json:"content"`
+	Since   time.Time    `json:"since"`
 }
 
 // StoreStats is the state of the store.
@@ -41,10 +46,15 @@ type StoreStats struct {
 	Held      int64 `json:"held"`
 }
 
-// TrafficStats is what the mirror answered for a registry since the daemon started.
+// TrafficStats is what a surface (or the mirror for one registry) answered since the daemon
+// started.
 type TrafficStats struct {
-	mirror.RegistryStats
+	traffic.Stats
 	HitRatio float64 `json:"hitRatio"`
+}
+
+func trafficStats(s traffic.Stats) TrafficStats {
+	return TrafficStats{Stats: s, HitRatio: s.HitRatio()}
 }
 
 // ListEntry is one line of GET /v1/ls: a blob (kind "blob" or "manifest") or a tag.

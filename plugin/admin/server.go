@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
 )
@@ -24,14 +25,15 @@ import (
 type Server struct {
 	store   *blobcache.Store
 	mirror  *mirror.Handler
+	traffic *traffic.Counters
 	started time.Time
 	mux     *http.ServeMux
 }
 
-// New returns the admin API over the store and the mirror handler (for its counters and
-// for prefetch).
-func New(store *blobcache.Store, m *mirror.Handler) *Server {
-	s := &Server{store: store, mirror: m, started: time.Now().UTC(), mux: http.NewServeMux()}
+// New returns the admin API over the store, the mirror handler (for prefetch) and the
+// counters the surfaces' requests feed (for stats).
+func New(store *blobcache.Store, m *mirror.Handler, counters *traffic.Counters) *Server {
+	s := &Server{store: store, mirror: m, traffic: counters, started: time.Now().UTC(), mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET "+PathStats, s.stats)
 	s.mux.HandleFunc("GET "+PathList, s.list)
 	s.mux.HandleFunc("POST "+PathGC, s.gc)
@@ -99,12 +101,12 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		Registries: map[string]TrafficStats{},
 		Since:      s.started,
 	}
-	var total mirror.RegistryStats
-	for reg, st := range s.mirror.Stats() {
-		resp.Registries[reg] = TrafficStats{RegistryStats: st, HitRatio: st.HitRatio()}
-		total.Add(st)
+	total, perRegistry := s.traffic.Mirror()
+	for reg, st := range perRegistry {
+		resp.Registries[reg] = trafficStats(st)
 	}
-	resp.Total = TrafficStats{RegistryStats: total, HitRatio: total.HitRatio()}
+	resp.Total = trafficStats(total)
+	resp.Content = trafficStats(s.traffic.Content())
 	writeJSON(w, http.StatusOK, resp)
 }
 
