@@ -27,7 +27,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin/adminapi"
 )
 
 // trafficRegistry is an upstream registry with one repository (app): a manifest under tag v1
@@ -160,7 +160,7 @@ func TestStatsAndMetricsAgreeOnEveryResult(t *testing.T) {
 
 	// A request is observed when its handler returns, which can be just after the client
 	// has its answer: wait until every request is in, then compare.
-	var st admin.StatsResponse
+	var st adminapi.StatsResponse
 	var fams map[string]*dto.MetricFamily
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -179,7 +179,7 @@ func TestStatsAndMetricsAgreeOnEveryResult(t *testing.T) {
 
 	for _, c := range []struct {
 		surface traffic.Surface
-		stats   admin.TrafficStats
+		stats   adminapi.TrafficStats
 		results []traffic.Result
 	}{
 		{traffic.SurfaceMirror, st.Total, []traffic.Result{traffic.Hit, traffic.Miss, traffic.Bypass, traffic.Stale, traffic.Negative, traffic.Error}},
@@ -211,7 +211,7 @@ func TestStatsAndMetricsAgreeOnEveryResult(t *testing.T) {
 	}
 }
 
-func adminStats(t *testing.T, socket string) admin.StatsResponse {
+func adminStats(t *testing.T, socket string) adminapi.StatsResponse {
 	t.Helper()
 	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -219,12 +219,12 @@ func adminStats(t *testing.T, socket string) admin.StatsResponse {
 			return d.DialContext(ctx, "unix", socket)
 		},
 	}}
-	resp, err := c.Get("http://admin" + admin.PathStats)
+	resp, err := c.Get("http://admin" + adminapi.PathStats)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var st admin.StatsResponse
+	var st adminapi.StatsResponse
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}

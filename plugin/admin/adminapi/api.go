@@ -1,4 +1,4 @@
-package admin
+package adminapi
 
 import (
 	"time"
@@ -8,8 +8,6 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
-
-// The types below are the API's JSON, shared with the CLI: field names are stable.
 
 // Paths of the API.
 const (
@@ -53,10 +51,6 @@ type TrafficStats struct {
 	HitRatio float64 `json:"hitRatio"`
 }
 
-func trafficStats(s traffic.Stats) TrafficStats {
-	return TrafficStats{Stats: s, HitRatio: s.HitRatio()}
-}
-
 // ListEntry is one line of GET /v1/ls: a blob (kind "blob" or "manifest") or a tag.
 type ListEntry struct {
 	Kind       string        `json:"kind"`
@@ -80,10 +74,16 @@ type GCRequest struct {
 	Target int64 `json:"target"`
 }
 
+// GCResponse says what POST /v1/gc evicted.
+type GCResponse = blobcache.EvictResult
+
 // VerifyRequest is the body of POST /v1/verify; no digests means all blobs.
 type VerifyRequest struct {
 	Digests []digest.Digest `json:"digests,omitempty"`
 }
+
+// VerifyResponse says what POST /v1/verify found and repaired.
+type VerifyResponse = blobcache.VerifyReport
 
 // RemoveRequest is the body of POST /v1/rm: a digest, a tag (registry, repository, tag),
 // a repository (registry, repository) or a whole registry.
