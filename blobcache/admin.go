@@ -323,10 +323,12 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 		rep.Checked++
 		switch got, size, err := hashFile(s.blobPath(d)); {
 		case errors.Is(err, fs.ErrNotExist):
-			if err := s.dropRecord(d); err != nil {
+			// Evicted or removed since it was looked up: not missing, just gone.
+			if dropped, err := s.dropRecord(d); err != nil {
 				return rep, err
+			} else if dropped {
+				rep.Missing = append(rep.Missing, d)
 			}
-			rep.Missing = append(rep.Missing, d)
 		case err != nil:
 			return rep, storageFailed("hash blob "+d.String(), err)
 		case got != d || size != rec.Size:
@@ -353,16 +355,21 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 	return rep, nil
 }
 
-func (s *Store) dropRecord(d digest.Digest) error {
+// dropRecord deletes the record of d if its file is still missing under commitMu, and reports
+// whether it did: a removal or a new commit may have run since the file was found missing.
+func (s *Store) dropRecord(d digest.Digest) (bool, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	return s.db.Update(func(tx *bolt.Tx) error {
+	var dropped bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		if _, err := os.Stat(s.blobPath(d)); err == nil {
 			return nil // committed again meanwhile
 		}
-		_, _, err := deleteBlob(tx, d)
+		rec, _, err := deleteBlob(tx, d)
+		dropped = rec != nil
 		return err
 	})
+	return dropped, err
 }
 
 // verifyOrphans looks for blob files without a record and for fill files nobody owns.
@@ -372,6 +379,7 @@ func (s *Store) verifyOrphans(ctx context.Context, rep *VerifyReport) error {
 	if err != nil {
 		return storageFailed("list blobs", err)
 	}
+	s.at(fpVerifyListed)
 	for _, e := range entries {
 		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
 		if !e.Type().IsRegular() || d.Validate() != nil {
@@ -400,8 +408,10 @@ func (s *Store) verifyOrphans(ctx context.Context, rep *VerifyReport) error {
 	return nil
 }
 
-// checkOrphan handles one blob file: under commitMu a commit cannot be between its rename and
-// its record, so a file without a record really is an orphan.
+// checkOrphan handles one listed blob file. Under commitMu a commit cannot be between its
+// rename and its record, nor a removal between deleting the record and the file; so a file
+// that is still there without a record really is an orphan. One that is gone was removed
+// (evicted) after the listing: its record went first, and it is no orphan.
 func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyReport) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
@@ -409,11 +419,14 @@ func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyRep
 	if err != nil || rec != nil {
 		return err
 	}
-	rep.Orphans = append(rep.Orphans, d)
 	got, size, err := hashFile(s.blobPath(d))
-	if err != nil {
-		return nil // gone meanwhile
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
+	if err != nil {
+		return storageFailed("hash orphan blob "+d.String(), err)
+	}
+	rep.Orphans = append(rep.Orphans, d)
 	if got != d {
 		log.G(ctx).WithField("digest", d).Error("orphan blob file is corrupt; quarantining it")
 		qdir := filepath.Join(s.root, quarantineDir)

@@ -145,6 +145,24 @@ type Store struct {
 	// testHookJoin, when set (by tests), is called when Fill is about to wait for a fill
 	// started by another caller.
 	testHookJoin func()
+	// failpoint, when set (by tests), is called at the named steps of commits, removals
+	// and verify (see the failpoint constants), so that a test can stop there as a crash
+	// would, or run something else in between.
+	failpoint func(point string)
+}
+
+// Steps at which the failpoint hook is called.
+const (
+	fpCommitRenamed  = "commit-renamed"  // blob file renamed in, record not yet written
+	fpRemoveRecorded = "remove-recorded" // records deleted and intents written, files still there
+	fpRemoveUnlinked = "remove-unlinked" // files removed, intents not yet cleared
+	fpVerifyListed   = "verify-listed"   // verify listed the blob files, none checked yet
+)
+
+func (s *Store) at(point string) {
+	if s.failpoint != nil {
+		s.failpoint(point)
+	}
 }
 
 // Open opens (creating if needed) the store at opts.Root. Fill files left by a previous run
@@ -557,6 +575,7 @@ func (s *Store) commit(ctx context.Context, file *os.File, dgst digest.Digest, s
 			os.Remove(target)
 			return storageFailed("sync blobs directory", err)
 		}
+		s.at(fpCommitRenamed)
 	default:
 		return storageFailed("stat blob", err)
 	}
