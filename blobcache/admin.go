@@ -2,7 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -321,7 +320,7 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 			continue // removed meanwhile
 		}
 		rep.Checked++
-		switch got, size, err := hashFile(s.blobPath(d)); {
+		switch got, size, err := hashFile(s.blobPath(d), d.Algorithm()); {
 		case errors.Is(err, fs.ErrNotExist):
 			// Evicted or removed since it was looked up: not missing, just gone.
 			if dropped, err := s.dropRecord(d); err != nil {
@@ -374,17 +373,20 @@ func (s *Store) dropRecord(d digest.Digest) (bool, error) {
 
 // verifyOrphans looks for blob files without a record and for fill files nobody owns.
 func (s *Store) verifyOrphans(ctx context.Context, rep *VerifyReport) error {
-	dir := filepath.Join(s.root, "blobs", string(digest.SHA256))
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return storageFailed("list blobs", err)
+	var listed []digest.Digest
+	for _, alg := range storedAlgorithms {
+		entries, err := os.ReadDir(blobDir(s.root, alg))
+		if err != nil {
+			return storageFailed("list blobs", err)
+		}
+		for _, e := range entries {
+			if d := digest.NewDigestFromEncoded(alg, e.Name()); e.Type().IsRegular() && d.Validate() == nil {
+				listed = append(listed, d)
+			}
+		}
 	}
 	s.at(fpVerifyListed)
-	for _, e := range entries {
-		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
-		if !e.Type().IsRegular() || d.Validate() != nil {
-			continue
-		}
+	for _, d := range listed {
 		if err := s.checkOrphan(ctx, d, rep); err != nil {
 			return err
 		}
@@ -419,7 +421,7 @@ func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyRep
 	if err != nil || rec != nil {
 		return err
 	}
-	got, size, err := hashFile(s.blobPath(d))
+	got, size, err := hashFile(s.blobPath(d), d.Algorithm())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -442,16 +444,16 @@ func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyRep
 	})
 }
 
-func hashFile(p string) (digest.Digest, int64, error) {
+func hashFile(p string, alg digest.Algorithm) (digest.Digest, int64, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", 0, err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := alg.Hash()
 	n, err := io.Copy(h, f)
 	if err != nil {
 		return "", n, err
 	}
-	return digest.NewDigest(digest.SHA256, h), n, nil
+	return digest.NewDigest(alg, h), n, nil
 }
