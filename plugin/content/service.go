@@ -39,6 +39,7 @@ func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, ob
 		// message, above gRPC's 4 MiB default.
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
+
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			start := time.Now()
 			ctx = log.WithLogger(ctx, logger)
@@ -56,7 +57,7 @@ func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, ob
 			return err
 		}),
 	)
-	api.RegisterContentServer(srv, contentserver.New(store))
+	api.RegisterContentServer(srv, readServer{ContentServer: contentserver.New(store), store: store})
 	return &Service{store: store, srv: srv, ln: ln}, nil
 }
 
