@@ -300,7 +300,10 @@ func (p *Plan) addRevert(path, current, reverted string, remove bool) {
 	c := FileChange{Path: path, Before: current, After: reverted, Remove: remove, Existed: true}
 	if hasBackup {
 		c.Backup = path + BackupSuffix
-		if reverted == backup || remove {
+		// The blank lines install put before the tables it appended are not marked: a file
+		// that ended with a blank line of its own reverts to one fewer. That is still the
+		// unedited original, so the backup's bytes come back.
+		if reverted == backup || remove || strings.TrimRight(reverted, "\n") == strings.TrimRight(backup, "\n") {
 			c.After, c.Remove, c.RemoveBackup = backup, false, true
 		} else {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s was edited after install: its installer lines are taken out, and the original stays in %s", path, c.Backup))

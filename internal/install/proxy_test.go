@@ -173,3 +173,26 @@ func TestProxyModeNeedsDaemonConfig(t *testing.T) {
 		}
 	}
 }
+
+// A daemon config that ends with a blank line (as the integration harness writes it) gets
+// its bytes back: the blank line install puts before an appended table is not marked.
+func TestUninstallRestoresTrailingBlankLine(t *testing.T) {
+	n := newNode(t, "config-v4-containerd-2.4.2-default.toml")
+	original := daemonConfigText + "\n"
+	if err := os.WriteFile(n.daemon, []byte(original), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := n.opts(ModeProxy, true)
+	if err := mustPlan(t, Install, o).Apply(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := n.read(t, n.daemon); cfg == original {
+		t.Fatal("install did not change the daemon's config")
+	}
+	if err := mustPlan(t, Uninstall, o).Apply(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := n.read(t, n.daemon); cfg != original {
+		t.Fatalf("uninstall gave back %q, want %q", cfg, original)
+	}
+}
