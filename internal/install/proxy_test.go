@@ -196,3 +196,28 @@ func TestUninstallRestoresTrailingBlankLine(t *testing.T) {
 		t.Fatalf("uninstall gave back %q, want %q", cfg, original)
 	}
 }
+
+// The shipped proxy-mode example (contrib/containerd/config-v3-proxy.toml) is what install
+// checks for: install on it finds nothing to change (its platform line set to this node's, as
+// its comment asks).
+func TestContribProxyConfigPassesInstall(t *testing.T) {
+	b, err := os.ReadFile("../../contrib/containerd/config-v3-proxy.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(b), `platform = "linux/amd64"`, `platform = "`+platforms.DefaultString()+`"`, 1)
+	n := newNode(t, "config-v3-node.toml")
+	if err := os.WriteFile(n.config, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(n.daemon, []byte("[content]\nenabled = true\n[diff]\nenabled = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := n.opts(ModeProxy, false)
+	o.HostsDir = "/etc/containerd/certs.d" // the example's config_path; only planned, not written
+	o.ContentAddress = config.DefaultContentAddress
+	p := mustPlan(t, Install, o)
+	for _, f := range p.Findings {
+		t.Errorf("install finds in the example: %s", f.Problem)
+	}
+}
