@@ -102,7 +102,7 @@ func TestKubernetesDaemonSet(t *testing.T) {
 				return
 			}
 			// Mounted at the same path as on the host: containerd names host paths.
-			for _, hostDir := range []string{filepath.Dir(cfg.Content.Address), "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"} {
+			for _, hostDir := range []string{filepath.Dir(cfg.Content.Address), "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs", filepath.Dir(cfg.Diff.ContainerdAddress)} {
 				if !mountsHostPath(ds, c, hostDir) {
 					t.Errorf("container does not mount host path %s at the same path", hostDir)
 				}
