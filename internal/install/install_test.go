@@ -52,6 +52,21 @@ func (n *node) read(t *testing.T, path string) (string, bool) {
 	return string(b), true
 }
 
+// assertUntouched checks that what (a step that must write nothing) left containerd's config,
+// the daemon's config and the hosts directory as they were.
+func (n *node) assertUntouched(t *testing.T, what string) {
+	t.Helper()
+	if cfg, _ := n.read(t, n.config); cfg != n.original {
+		t.Errorf("%s changed containerd's config", what)
+	}
+	if cfg, _ := n.read(t, n.daemon); cfg != daemonConfigText {
+		t.Errorf("%s changed the daemon's config", what)
+	}
+	if _, err := os.Lstat(n.hosts); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s created the hosts directory", what)
+	}
+}
+
 func (n *node) opts(mode Mode, fix bool) Options {
 	return Options{Mode: mode, HostsDir: n.hosts, ContainerdConfig: n.config, DaemonConfig: n.daemon, Fix: fix, MirrorURL: "http://127.0.0.1:5055"}
 }
@@ -203,15 +218,7 @@ func TestDryRunDiff(t *testing.T) {
 	if t.Failed() {
 		t.Logf("diff:\n%s", diff)
 	}
-	if cfg, _ := n.read(t, n.config); cfg != n.original {
-		t.Fatal("planning changed the config")
-	}
-	if cfg, _ := n.read(t, n.daemon); cfg != daemonConfigText {
-		t.Fatal("planning changed the daemon's config")
-	}
-	if _, err := os.Lstat(n.hosts); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatal("planning created the hosts directory")
-	}
+	n.assertUntouched(t, "planning")
 }
 
 // Without --fix the problems are reported and containerd's config is left alone.
