@@ -37,6 +37,7 @@ type Config struct {
 	Upstream UpstreamConfig `toml:"upstream"`
 	Store    StoreConfig    `toml:"store"`
 	Content  ContentConfig  `toml:"content"`
+	Diff     DiffConfig     `toml:"diff"`
 	Metrics  MetricsConfig  `toml:"metrics"`
 	Debug    DebugConfig    `toml:"debug"`
 	Admin    AdminConfig    `toml:"admin"`
@@ -65,6 +66,18 @@ type ContentConfig struct {
 	SocketGroup     string   `toml:"socket_group"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 }
+
+// DiffConfig configures containerd's diff API (Apply, Compare), served on the content API's
+// socket for a containerd [proxy_plugins] entry of type "diff".
+type DiffConfig struct {
+	Enabled bool `toml:"enabled"`
+	// ContainerdAddress is containerd's own socket: Compare writes the layers it makes
+	// through containerd's content API, so that they belong to the caller's namespace.
+	ContainerdAddress string `toml:"containerd_address"`
+}
+
+// DefaultContainerdAddress is containerd's socket on a node.
+const DefaultContainerdAddress = "/run/containerd/containerd.sock"
 
 // MetricsConfig configures the listener of /metrics, /healthz and /readyz.
 type MetricsConfig struct {
@@ -162,6 +175,9 @@ func Default() Config {
 			SocketGroup:     "",
 			ShutdownTimeout: Duration(5 * time.Second),
 		},
+		// Off by default: applying layers writes into containerd's snapshot directories and
+		// mounts, which needs root's capabilities (proxy mode's unit grants them).
+		Diff:    DiffConfig{Enabled: false, ContainerdAddress: DefaultContainerdAddress},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
 		Admin:   AdminConfig{Address: DefaultAdminAddress},
 	}
@@ -292,6 +308,14 @@ func (c Config) Validate() error {
 		return bad("content.address", "%q is longer than %d bytes (unix socket addresses are limited)", a, maxSocketPath)
 	case path.Clean(a) != a || strings.HasSuffix(a, "/"):
 		return bad("content.address", "%q is not a clean path to a file", a)
+	}
+	if c.Diff.Enabled && !c.Content.Enabled {
+		// The diff API is served on the content API's socket and gRPC server; containerd's
+		// proxy diff plugin points at that socket.
+		return bad("diff.enabled", "the diff API is served on the content socket: set content.enabled = true as well")
+	}
+	if a := c.Diff.ContainerdAddress; !path.IsAbs(a) || len(a) > 107 {
+		return bad("diff.containerd_address", "%q is not an absolute path of at most 107 bytes (containerd's socket)", a)
 	}
 	if err := validDebugAddress(c.Debug.Address); err != nil {
 		return bad("debug.address", "%v", err)

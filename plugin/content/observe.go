@@ -69,7 +69,8 @@ func (s *countedStream) SendMsg(m any) error {
 // observe tells observer about a finished call: one observation, which feeds the admin API's
 // stats and the metrics alike.
 func observe(observer traffic.Observer, fullMethod string, err error, start time.Time, sent int64) {
-	if observer == nil {
+	// The socket's gRPC server also carries the diff API, which counts itself.
+	if observer == nil || !strings.HasPrefix(fullMethod, "/"+api.Content_ServiceDesc.ServiceName+"/") {
 		return
 	}
 	rpc := rpcName(fullMethod)

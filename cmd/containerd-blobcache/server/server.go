@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"google.golang.org/grpc"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
@@ -31,6 +32,8 @@ type Server struct {
 	mirrorServer   *http.Server
 	// content is nil when the content API is disabled.
 	content *content.Service
+	// containerd is the diff API's connection to containerd's socket; nil without it.
+	containerd *grpc.ClientConn
 	// ops is the metrics and health listener (see ops.go); nil when disabled.
 	ops    *opsServer
 	health *metrics.Health
@@ -83,6 +86,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 
 	// The content socket comes next: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
+	var containerdConn *grpc.ClientConn
 	if cfg.Content.Enabled {
 		cln, err := unixsock.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
 		if err != nil {
@@ -94,6 +98,13 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 			return nil, err
 		}
 		undo = append(undo, func() { contentSvc.Close() })
+		if cfg.Diff.Enabled {
+			containerdConn, err = addDiff(ctx, cfg, contentSvc, ops.diffObserver())
+			if err != nil {
+				return nil, err
+			}
+			undo = append(undo, func() { containerdConn.Close() })
+		}
 	}
 
 	ln, err := net.Listen("tcp", cfg.Mirror.Address)
@@ -152,7 +163,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, containerd: containerdConn, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -184,6 +195,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.content != nil {
 		go func() { contentErr <- s.content.Serve() }()
 		fields["content"] = s.content.Address()
+		fields["diff"] = s.cfg.Diff.Enabled
 	}
 	if s.ops != nil {
 		s.ops.serve(ctx)
@@ -237,6 +249,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := <-mirrorErr; err != nil {
 		serveErr = errors.Join(serveErr, fmt.Errorf("mirror server: %w", err))
 	}
+	if s.containerd != nil {
+		s.containerd.Close()
+	}
 	if err := s.store.Close(); err != nil {
 		serveErr = errors.Join(serveErr, fmt.Errorf("close store: %w", err))
 	}
@@ -255,6 +270,9 @@ func (s *Server) Close() error {
 	s.adminListener.Close()
 	if s.content != nil {
 		s.content.Close()
+	}
+	if s.containerd != nil {
+		s.containerd.Close()
 	}
 	return s.store.Close()
 }
