@@ -132,7 +132,8 @@ func (r *Resolver) configureHosts(ctx context.Context, ep Endpoint, dir string) 
 }
 
 // adoptClient makes a client built by containerd's hosts code behave like the resolver's own:
-// guarded dial (no private networks, never the daemon itself), header timeout, no transparent
+// guarded dial (no private networks, never the daemon itself), the daemon's forward proxy
+// (containerd's would read the environment at every request), header timeout, no transparent
 // decompression, the redirect policy. TLS settings from hosts.toml stay as containerd set them.
 func (r *Resolver) adoptClient(c *http.Client) error {
 	tr, ok := c.Transport.(*http.Transport)
@@ -140,7 +141,7 @@ func (r *Resolver) adoptClient(c *http.Client) error {
 		return fmt.Errorf("unexpected transport %T from hosts config: %w", c.Transport, errdefs.ErrInternal)
 	}
 	tr.DialContext = r.guardedDial(&net.Dialer{Timeout: r.opts.DialTimeout, KeepAlive: 30 * time.Second})
-	tr.Proxy = nil
+	tr.Proxy = r.proxy
 	tr.TLSHandshakeTimeout = r.opts.DialTimeout
 	tr.ResponseHeaderTimeout = r.opts.ResponseHeaderTimeout
 	tr.DisableCompression = true

@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 )
@@ -46,6 +47,14 @@ type Options struct {
 	HostsDir string
 	// Credentials are the daemon's own credentials per registry.
 	Credentials Credentials
+	// Proxy is upstream.proxy: "" the ProxyEnvironment's choice, "direct" none, or a proxy
+	// URL for every registry.
+	Proxy string
+	// RegistryProxies is upstream.registry_proxies (pattern → proxy URL or "direct").
+	RegistryProxies map[string]string
+	// ProxyEnvironment is HTTPS_PROXY, HTTP_PROXY and NO_PROXY as the process read them at
+	// start (httpproxy.FromEnvironment()); nil: no proxy from the environment.
+	ProxyEnvironment *httpproxy.Config
 	// ObserveUpstream, when set, is told of every upstream request: kind, method, status
 	// (0 when no response came) and the time to the response headers (for metrics).
 	ObserveUpstream func(kind, method string, status int, d time.Duration)
@@ -62,6 +71,8 @@ type Resolver struct {
 	hosts *hostsCache
 	// auth is nil when the daemon holds no credentials.
 	auth *authenticator
+	// proxies picks the forward proxy of each request.
+	proxies *proxySelector
 
 	mu   sync.RWMutex
 	self []netip
@@ -95,9 +106,14 @@ func New(opts Options) (*Resolver, error) {
 	if err := r.SetSelfAddresses(opts.SelfAddresses); err != nil {
 		return nil, err
 	}
+	var err error
+	if r.proxies, err = newProxySelector(opts.Proxy, opts.RegistryProxies, opts.ProxyEnvironment); err != nil {
+		return nil, err
+	}
 	dialer := &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}
 	transport := &http.Transport{
 		DialContext:           r.guardedDial(dialer),
+		Proxy:                 r.proxy,
 		ForceAttemptHTTP2:     true,
 		TLSHandshakeTimeout:   opts.DialTimeout,
 		ResponseHeaderTimeout: opts.ResponseHeaderTimeout,
@@ -285,6 +301,7 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 		u.RawQuery = url.Values{"ns": {ep.Name}}.Encode()
 	}
 	ctx = context.WithValue(ctx, allowPrivateKey{}, h.allowPrivate)
+	ctx = withRegistry(ctx, ep.Name)
 
 	cred, daemonAuth := r.auth.credential(ep.Name)
 	daemonAuth = daemonAuth && req.Auth == AuthDefault
@@ -406,6 +423,11 @@ func (r *Resolver) guardedDial(dialer *net.Dialer) func(ctx context.Context, net
 			return nil, err
 		}
 		allowPrivate, _ := ctx.Value(allowPrivateKey{}).(bool)
+		if mark, _ := ctx.Value(proxyMarkKey{}).(*proxyMark); mark != nil && mark.is(addr) {
+			// The forward proxy the operator configured (the registry's own addresses were
+			// checked before the request was handed to it): only the loop guard applies.
+			allowPrivate = true
+		}
 		ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
 		if err != nil {
 			return nil, err

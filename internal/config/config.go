@@ -93,6 +93,11 @@ type UpstreamConfig struct {
 	// PrivateAccessTTL is how long a client's upstream-checked right to read a private
 	// object is remembered.
 	PrivateAccessTTL Duration `toml:"private_access_ttl"`
+	// Proxy is the forward proxy: "" the environment's (HTTPS_PROXY, HTTP_PROXY, NO_PROXY),
+	// "direct" none, or a proxy URL for every registry.
+	Proxy string `toml:"proxy"`
+	// RegistryProxies overrides Proxy per registry (glob pattern = proxy URL or "direct").
+	RegistryProxies map[string]string `toml:"registry_proxies"`
 }
 
 // DefaultHostsDir is the daemon's own hosts.toml directory. It is deliberately not
@@ -138,6 +143,8 @@ func Default() Config {
 			StallTimeout:     Duration(5 * time.Second),
 			HostsDir:         DefaultHostsDir,
 			PrivateAccessTTL: Duration(time.Minute),
+			Proxy:            "",
+			RegistryProxies:  map[string]string{},
 		},
 		Store: StoreConfig{
 			TagFreshness: Duration(time.Minute),
@@ -281,6 +288,9 @@ func (c Config) Validate() error {
 		// containerd's hosts.toml files send containerd to this daemon; read by the daemon
 		// they would send it to itself.
 		return bad("upstream.hosts_dir", "%q is containerd's directory; the daemon needs its own", c.Upstream.HostsDir)
+	}
+	if err := c.Upstream.validateProxies(bad); err != nil {
+		return err
 	}
 	if c.Store.MaxManifestSize <= 0 || c.Store.MaxManifestSize > 64<<20 {
 		return bad("store.max_manifest_size", "%d is not between 1 and 67108864 bytes", c.Store.MaxManifestSize)

@@ -80,6 +80,23 @@ log_level = "info"
   # HEAD); the answer is remembered this long.
   private_access_ttl = "1m"
 
+  # Forward proxy to the registries. "" (the default): the daemon's environment as read at
+  # start, with Go's rules: HTTPS_PROXY for https registries, HTTP_PROXY for plain http ones,
+  # NO_PROXY (comma-separated hosts, domains, CIDRs) reached directly, loopback always
+  # direct. "direct": never a proxy, whatever the environment says. A URL
+  # ("http://user:password@proxy.example.com:3128"; http, https, socks5, socks5h): every
+  # registry through it. The dial guard still judges the registry, not the proxy: the
+  # registry's name is resolved on this node and refused when it is a loopback, private or
+  # link-local address (unless listed in allow_private_networks), before the request goes to
+  # the proxy; the proxy itself may be on a private network.
+  proxy = ""
+
+  # Proxy per registry, winning over proxy and the environment (NO_PROXY included): glob
+  # pattern of the registry (as ?ns= names it) or of the host dialled = proxy URL or
+  # "direct"; the longest matching pattern wins. Example:
+  # { "ghcr.io" = "http://proxy.example.com:3128", "*.corp.example.com" = "direct" }
+  registry_proxies = {}
+
 [store]
   # A tag is answered from the index for this long after it was fetched; after that it is
   # revalidated upstream (a HEAD). Content addressed by digest never expires by time.

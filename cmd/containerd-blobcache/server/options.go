@@ -40,6 +40,8 @@ func resolverOptions(c config.UpstreamConfig) resolver.Options {
 		ResponseHeaderTimeout: c.ResponseHeaderTimeout.D(),
 		StallTimeout:          c.StallTimeout.D(),
 		HostsDir:              c.HostsDir,
+		Proxy:                 c.Proxy,
+		RegistryProxies:       c.RegistryProxies,
 	}
 }
 

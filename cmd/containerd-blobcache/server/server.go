@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
@@ -98,6 +99,8 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	opts := resolverOptions(cfg.Upstream)
 	opts.UserAgent = "containerd-blobcache/" + version.Version
 	opts.SelfAddresses = []string{ln.Addr().String()}
+	// Read once: the environment of the process at start, as http.ProxyFromEnvironment.
+	opts.ProxyEnvironment = httpproxy.FromEnvironment()
 	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
 	if err != nil {
 		return nil, err
@@ -111,6 +114,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	log.G(ctx).WithField("proxy", res.ProxyDescription()).Info("upstream forward proxy")
 	handler, err := mirror.New(mirror.Options{
 		Store:             store,
 		Resolver:          res,
