@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -39,7 +38,16 @@ type Options struct {
 	DialTimeout           time.Duration
 	ResponseHeaderTimeout time.Duration
 	StallTimeout          time.Duration
-	UserAgent             string
+	// LowSpeedLimit (bytes per second) and LowSpeedTime: a body that arrives slower than
+	// that over that long is abandoned. Zero: no speed limit, only the stall timeout.
+	LowSpeedLimit int64
+	LowSpeedTime  time.Duration
+	// BreakerCooldown is how long a host that did not answer gets no request but a fast
+	// failure (one probe is let through after it). Zero: no circuit breaker.
+	BreakerCooldown time.Duration
+	// ObserveBreaker, when set, is told when a host's circuit opens or closes (for metrics).
+	ObserveBreaker func(host string, open bool)
+	UserAgent      string
 	// SelfAddresses are the daemon's own listeners; they are never dialled as an upstream.
 	SelfAddresses []string
 	// HostsDir is the daemon's own hosts.toml directory (containerd's certs.d layout); empty
@@ -73,6 +81,8 @@ type Resolver struct {
 	auth *authenticator
 	// proxies picks the forward proxy of each request.
 	proxies *proxySelector
+	// breakers fail requests to hosts that recently did not answer; nil: none.
+	breakers *breakers
 
 	mu   sync.RWMutex
 	self []netip
@@ -99,6 +109,9 @@ func New(opts Options) (*Resolver, error) {
 	if opts.DialTimeout <= 0 || opts.ResponseHeaderTimeout <= 0 || opts.StallTimeout <= 0 {
 		return nil, fmt.Errorf("resolver timeouts must be positive: %w", errdefs.ErrInvalidArgument)
 	}
+	if opts.LowSpeedLimit < 0 || opts.LowSpeedTime < 0 || opts.BreakerCooldown < 0 {
+		return nil, fmt.Errorf("resolver speed limit and breaker cool-down must not be negative: %w", errdefs.ErrInvalidArgument)
+	}
 	if opts.UserAgent == "" {
 		opts.UserAgent = "containerd-blobcache"
 	}
@@ -106,6 +119,7 @@ func New(opts Options) (*Resolver, error) {
 	if err := r.SetSelfAddresses(opts.SelfAddresses); err != nil {
 		return nil, err
 	}
+	r.breakers = newBreakers(opts.BreakerCooldown, opts.ObserveBreaker)
 	var err error
 	if r.proxies, err = newProxySelector(opts.Proxy, opts.RegistryProxies, opts.ProxyEnvironment); err != nil {
 		return nil, err
@@ -244,9 +258,10 @@ func (r *Resolver) NodePublic(registry string) bool {
 
 // Do sends the request upstream: to each host of the registry's hosts.toml in order (a host
 // that fails, or answers 404, 429 or 5xx, passes the request to the next), or to the registry
-// itself. The response body, if any, is guarded by the stall timeout: a read that waits
-// longer than that for a byte fails. Transport failures are wrapped around
-// errdefs.ErrUnavailable.
+// itself. The response body, if any, is guarded by the stall timeout (a read that waits
+// longer than that for a byte fails) and the low-speed limit. A host whose circuit is open
+// (it recently did not answer) is skipped without a request (ErrCircuitOpen). Transport
+// failures are wrapped around errdefs.ErrUnavailable.
 func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) {
 	if req.Kind != "manifests" && req.Kind != "blobs" {
 		return nil, fmt.Errorf("kind %q: %w", req.Kind, errdefs.ErrInvalidArgument)
@@ -266,7 +281,14 @@ func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) 
 		return nil, fmt.Errorf("no host in hosts.toml of %s may serve this request: %w", req.Endpoint.Name, errdefs.ErrUnavailable)
 	}
 	for i, h := range usable {
-		resp, err := r.doHost(ctx, h, req)
+		probe, err := r.breakers.allow(h.host)
+		var resp *http.Response
+		if err == nil {
+			resp, err = r.doHost(ctx, h, req)
+			if probe {
+				r.breakers.probeDone(h.host)
+			}
+		}
 		if i == len(usable)-1 {
 			return resp, err
 		}
@@ -352,8 +374,8 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 }
 
 // send makes one request to one host.
-func (r *Resolver) send(ctx context.Context, h upstreamHost, u url.URL, req Request, daemonAuth bool, authorization string) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(ctx)
+func (r *Resolver) send(parent context.Context, h upstreamHost, u url.URL, req Request, daemonAuth bool, authorization string) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(parent)
 	hreq, err := http.NewRequestWithContext(ctx, req.Method, u.String(), nil)
 	if err != nil {
 		cancel()
@@ -392,9 +414,17 @@ func (r *Resolver) send(ctx context.Context, h upstreamHost, u url.URL, req Requ
 	}
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), unwrapURLError(err), errdefs.ErrUnavailable)
+		err = unwrapURLError(err)
+		if isConnectionFailure(parent, err) {
+			r.breakers.failed(parent, h.host, err)
+		}
+		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), err, errdefs.ErrUnavailable)
 	}
-	resp.Body = newStallGuard(resp.Body, r.opts.StallTimeout, cancel)
+	r.breakers.succeeded(parent, h.host)
+	dog := watchdog{stall: r.opts.StallTimeout, lowSpeedLimit: r.opts.LowSpeedLimit, lowSpeedTime: r.opts.LowSpeedTime}
+	resp.Body = newStallGuard(resp.Body, dog, cancel, func(err error) {
+		r.breakers.failed(parent, h.host, fmt.Errorf("%s %s: %w", req.Method, redact(u), err))
+	})
 	return resp, nil
 }
 
@@ -496,56 +526,4 @@ func isLocalAddress(ip net.IP) bool {
 		}
 	}
 	return false
-}
-
-// ErrStalled is returned by a response body that received no byte for the stall timeout.
-var ErrStalled = fmt.Errorf("upstream stalled: %w", errdefs.ErrUnavailable)
-
-// stallGuard fails a body read that waits longer than the stall timeout. The timer runs only
-// while a Read is waiting, so a slow reader on our side does not count against the upstream.
-type stallGuard struct {
-	body    io.ReadCloser
-	timeout time.Duration
-	cancel  context.CancelFunc
-	timer   *time.Timer
-
-	mu      sync.Mutex
-	stalled bool
-}
-
-func newStallGuard(body io.ReadCloser, timeout time.Duration, cancel context.CancelFunc) io.ReadCloser {
-	g := &stallGuard{body: body, timeout: timeout, cancel: cancel}
-	g.timer = time.AfterFunc(timeout, g.fire)
-	g.timer.Stop()
-	return g
-}
-
-func (g *stallGuard) fire() {
-	g.mu.Lock()
-	g.stalled = true
-	g.mu.Unlock()
-	g.cancel()
-}
-
-func (g *stallGuard) Read(p []byte) (int, error) {
-	g.timer.Reset(g.timeout)
-	n, err := g.body.Read(p)
-	g.timer.Stop()
-	if err != nil && err != io.EOF {
-		g.mu.Lock()
-		stalled := g.stalled
-		g.mu.Unlock()
-		if stalled {
-			return n, fmt.Errorf("no byte for %s: %w", g.timeout, ErrStalled)
-		}
-		return n, fmt.Errorf("read upstream body: %w: %w", err, errdefs.ErrUnavailable)
-	}
-	return n, err
-}
-
-func (g *stallGuard) Close() error {
-	g.timer.Stop()
-	err := g.body.Close()
-	g.cancel()
-	return err
 }

@@ -98,6 +98,12 @@ type UpstreamConfig struct {
 	Proxy string `toml:"proxy"`
 	// RegistryProxies overrides Proxy per registry (glob pattern = proxy URL or "direct").
 	RegistryProxies map[string]string `toml:"registry_proxies"`
+	// LowSpeedLimit (bytes per second) over LowSpeedTime: a slower download is abandoned.
+	LowSpeedLimit Size     `toml:"low_speed_limit"`
+	LowSpeedTime  Duration `toml:"low_speed_time"`
+	// CircuitBreakerCooldown is how long a registry host that did not answer gets fast
+	// failures instead of requests; 0 turns the breaker off.
+	CircuitBreakerCooldown Duration `toml:"circuit_breaker_cooldown"`
 }
 
 // DefaultHostsDir is the daemon's own hosts.toml directory. It is deliberately not
@@ -145,6 +151,14 @@ func Default() Config {
 			PrivateAccessTTL: Duration(time.Minute),
 			Proxy:            "",
 			RegistryProxies:  map[string]string{},
+			// Far below any link a registry is used over, far above a registry that is
+			// broken: 10 s of a 1 KiB/s upstream is abandoned, containerd then goes to the
+			// registry itself.
+			LowSpeedLimit: Size(10 << 10),
+			LowSpeedTime:  Duration(10 * time.Second),
+			// Long enough that a pull (a few dozen requests over seconds) pays one timeout,
+			// short enough that a registry back up is used again soon.
+			CircuitBreakerCooldown: Duration(30 * time.Second),
 		},
 		Store: StoreConfig{
 			TagFreshness: Duration(time.Minute),
@@ -288,6 +302,9 @@ func (c Config) Validate() error {
 		// containerd's hosts.toml files send containerd to this daemon; read by the daemon
 		// they would send it to itself.
 		return bad("upstream.hosts_dir", "%q is containerd's directory; the daemon needs its own", c.Upstream.HostsDir)
+	}
+	if err := c.Upstream.validateSlowUpstreams(bad); err != nil {
+		return err
 	}
 	if err := c.Upstream.validateProxies(bad); err != nil {
 		return err

@@ -60,6 +60,23 @@ log_level = "info"
   # headers is cut (containerd resumes with a Range request), one that has not gets a 502.
   stall_timeout = "5s"
 
+  # A download that receives fewer than low_speed_limit bytes per second (bytes, or a string
+  # with a unit: "10KiB") over low_speed_time is abandoned as a stalled one is (curl's
+  # --speed-limit/--speed-time). Only the time spent waiting for the registry counts, not
+  # the time a slow client takes. "0" turns the limit off (stall_timeout still applies).
+  low_speed_limit = "10KiB"
+  # The window over which the speed is judged.
+  low_speed_time = "10s"
+
+  # After a registry host fails to answer (no connection, no response headers within
+  # response_header_timeout, a download stalled or under the low-speed limit), requests to it
+  # get an immediate 502 for this long (containerd then goes to the registry itself), so a
+  # hung registry costs one timeout per pull instead of one per request. Then one request
+  # is let through as a probe: answered, the host is used again; not, another cool-down.
+  # Logged ("upstream circuit open"/"closed") and in containerd_blobcache_upstream_circuit_open.
+  # "0s" turns the breaker off.
+  circuit_breaker_cooldown = "30s"
+
   # The daemon's own per-registry host configuration, in containerd's hosts.toml format and
   # layout (<dir>/<registry>/hosts.toml, certificate files next to it): CA and client
   # certificates, skip_verify, plain http, upstream mirrors in order, override_path, headers.

@@ -53,3 +53,16 @@ func (c UpstreamConfig) validateProxies(bad func(key, format string, args ...any
 	}
 	return nil
 }
+
+func (c UpstreamConfig) validateSlowUpstreams(bad func(key, format string, args ...any) error) error {
+	if c.LowSpeedLimit < 0 {
+		return bad("upstream.low_speed_limit", "must not be negative (\"0\" turns the limit off)")
+	}
+	if c.LowSpeedLimit > 0 && c.LowSpeedTime <= 0 {
+		return bad("upstream.low_speed_time", "must be a positive duration such as \"10s\" when upstream.low_speed_limit is set")
+	}
+	if c.CircuitBreakerCooldown < 0 {
+		return bad("upstream.circuit_breaker_cooldown", "must not be negative (\"0s\" turns the breaker off)")
+	}
+	return nil
+}

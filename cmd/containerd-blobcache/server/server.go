@@ -108,6 +108,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if ops != nil {
 		opts.ObserveUpstream = ops.metrics.UpstreamResponded
 		opts.ObserveTokenFetch = ops.metrics.TokenFetched
+		opts.ObserveBreaker = ops.metrics.UpstreamCircuit
 		evictionMetrics.Store(ops.metrics)
 	}
 	res, err := resolver.New(opts)
