@@ -95,10 +95,10 @@ func (r *Resolver) hostsFor(ctx context.Context, ep Endpoint) ([]upstreamHost, e
 // configureHosts reads dir with containerd's own hosts.toml parser, then puts the daemon's
 // dial guard, timeouts and redirect policy on every client it made.
 func (r *Resolver) configureHosts(ctx context.Context, ep Endpoint, dir string) ([]upstreamHost, error) {
-	scheme := ""
-	if ep.Scheme == "http" {
-		scheme = "http"
-	}
+	// The scheme is always given: left empty, containerd's parser reaches a loopback registry
+	// by plain http first and skips TLS verification for it (its localhost rule); the daemon
+	// verifies unless the registry is in plain_http or its hosts.toml says skip_verify.
+	scheme := ep.Scheme
 	registryHosts := hostsconfig.ConfigureHosts(ctx, hostsconfig.HostOptions{
 		HostDir:       func(string) (string, error) { return dir, nil },
 		DefaultScheme: scheme,

@@ -418,6 +418,7 @@ func (r *Resolver) send(parent context.Context, h upstreamHost, u url.URL, req R
 		if isConnectionFailure(parent, err) {
 			r.breakers.failed(parent, h.host, err)
 		}
+		err = explainTLS(err, r.opts.HostsDir, req.Endpoint.Name)
 		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), err, errdefs.ErrUnavailable)
 	}
 	r.breakers.succeeded(parent, h.host)
