@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -43,12 +41,7 @@ func everyRequest(f *harness.FaultInjector, fault harness.Fault, methods ...stri
 func TestFaultsHungAndSlowRegistry(t *testing.T) {
 	t.Run("hung", func(t *testing.T) {
 		e := newFaultEnvConfig(t, func(*harness.DaemonConfig) {})
-		everyRequest(e.faults, harness.Fault{Kind: harness.FaultHangBeforeHeaders, Hang: time.Minute}, http.MethodGet, http.MethodHead)
-		im, ref := e.push(t, "slow/hung", "v1", smallImage(32000))
-		_, took, err := e.ctrd.PullE(context.Background(), "hung1", ref, e.hostsDir)
-		if err != nil {
-			t.Fatalf("pull with a hung registry behind the mirror failed: %v", err)
-		}
+		im, took := pullFromHungRegistry(t, e, "slow/hung", 32000)
 		hung := e.faults.Injected(harness.FaultHangBeforeHeaders)
 		if hung != 1 {
 			t.Errorf("the registry got %d hung requests from the daemon, want 1 (the circuit opens after the first)", hung)
@@ -83,12 +76,7 @@ func TestFaultsHungAndSlowRegistry(t *testing.T) {
 	// waits for its own timeout (what issue 15 measured: 40 s for a 5-request pull at 10 s).
 	t.Run("hung-without-breaker", func(t *testing.T) {
 		e := newFaultEnvConfig(t, func(c *harness.DaemonConfig) { c.UpstreamExtra = `circuit_breaker_cooldown = "0s"` })
-		everyRequest(e.faults, harness.Fault{Kind: harness.FaultHangBeforeHeaders, Hang: time.Minute}, http.MethodGet, http.MethodHead)
-		im, ref := e.push(t, "slow/hung-nobreaker", "v1", smallImage(32300))
-		_, took, err := e.ctrd.PullE(context.Background(), "hung3", ref, e.hostsDir)
-		if err != nil {
-			t.Fatalf("pull: %v", err)
-		}
+		im, took := pullFromHungRegistry(t, e, "slow/hung-nobreaker", 32300)
 		hung := e.faults.Injected(harness.FaultHangBeforeHeaders)
 		if hung < 2 || took < 2*faultHeaderTimeout {
 			t.Errorf("without the breaker: %d hung requests in %v; expected one timeout per request", hung, took)
@@ -132,6 +120,19 @@ func TestFaultsHungAndSlowRegistry(t *testing.T) {
 	})
 }
 
+// pullFromHungRegistry makes every request of the daemon to the registry hang before headers,
+// then pulls a new image through the mirror; the pull must succeed (by fallback).
+func pullFromHungRegistry(t *testing.T, e *faultEnv, repo string, seed uint64) (*harness.Image, time.Duration) {
+	t.Helper()
+	everyRequest(e.faults, harness.Fault{Kind: harness.FaultHangBeforeHeaders, Hang: time.Minute}, http.MethodGet, http.MethodHead)
+	im, ref := e.push(t, repo, "v1", smallImage(seed))
+	_, took, err := e.ctrd.PullE(context.Background(), strings.ReplaceAll(repo, "/", "-"), ref, e.hostsDir)
+	if err != nil {
+		t.Fatalf("pull with a hung registry behind the mirror failed: %v", err)
+	}
+	return im, took
+}
+
 // assertFellBackFor checks that containerd fetched every blob of im from the registry itself
 // and holds all of them.
 func assertFellBackFor(t *testing.T, e *faultEnv, im *harness.Image) {
@@ -145,19 +146,10 @@ func assertFellBackFor(t *testing.T, e *faultEnv, im *harness.Image) {
 }
 
 // assertCircuitMetric checks the daemon's upstream_circuit_open gauge for the registry.
-func assertCircuitMetric(t *testing.T, e *faultEnv, want int) {
+func assertCircuitMetric(t *testing.T, e *faultEnv, want float64) {
 	t.Helper()
-	resp, err := http.Get(e.daemon.MetricsURL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line := fmt.Sprintf(`containerd_blobcache_upstream_circuit_open{host=%q} %d`, e.proxy.Host, want)
-	if !strings.Contains(string(body), line) {
-		t.Errorf("metrics lack %q", line)
+	labels := map[string]string{"host": e.proxy.Host}
+	if got := metricValue(scrape(t, e.daemon), "containerd_blobcache_upstream_circuit_open", labels); got != want {
+		t.Errorf("containerd_blobcache_upstream_circuit_open{host=%q} = %v, want %v", e.proxy.Host, got, want)
 	}
 }

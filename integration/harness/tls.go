@@ -28,8 +28,19 @@ type TestCA struct {
 	serial   int64
 }
 
-// NewTestCA makes a CA valid for the test's duration (and a day around it).
+// NewTestCA makes a CA valid for a day around now.
 func NewTestCA(t testing.TB, name string) *TestCA {
+	t.Helper()
+	der, cert, key := newSelfSigned(t, name)
+	ca := &TestCA{cert: cert, key: key, dir: t.TempDir(), serial: 1}
+	ca.CertFile = filepath.Join(ca.dir, "ca.pem")
+	writePEM(t, ca.CertFile, "CERTIFICATE", der)
+	return ca
+}
+
+// newSelfSigned makes a self-signed CA certificate (DER and parsed) and its key: a test CA,
+// or a token issuer whose key signs tokens.
+func newSelfSigned(t testing.TB, cn string) ([]byte, *x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -37,10 +48,10 @@ func NewTestCA(t testing.TB, name string) *TestCA {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-24 * time.Hour),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
@@ -52,10 +63,7 @@ func NewTestCA(t testing.TB, name string) *TestCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := &TestCA{cert: cert, key: key, dir: t.TempDir(), serial: 1}
-	ca.CertFile = filepath.Join(ca.dir, "ca.pem")
-	writePEM(t, ca.CertFile, "CERTIFICATE", der)
-	return ca
+	return der, cert, key
 }
 
 // Issue makes a certificate signed by the CA: a server certificate for names (DNS names or
