@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -61,7 +63,9 @@ func TestUpstreamForwardProxy(t *testing.T) {
 	name := harness.TestRegistryName
 	plainNS := name + ":" + portOf(plain.Host)
 	tlsNS := name + ":" + portOf(tlsReg.Host)
-	etcHosts := harness.WriteEtcHosts(t, name)
+	// blocked resolves to loopback too, but is not in allow_private_networks.
+	blocked := "blocked.blobcache.test"
+	etcHosts := harness.WriteEtcHosts(t, name, blocked)
 	tlsPort, err := strconv.Atoi(portOf(tlsReg.Host))
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +122,21 @@ func TestUpstreamForwardProxy(t *testing.T) {
 		t.Errorf("no CONNECT to the TLS registry %s through tinyproxy; it logged:\n%s", tlsNS, strings.Join(lines, "\n"))
 	}
 	t.Logf("through the proxy: %d requests logged by tinyproxy", len(lines))
+
+	// The guard judges the registry, not the proxy: a registry that resolves to loopback
+	// without being allowed is refused before anything is handed to the proxy.
+	blockedNS := blocked + ":" + portOf(plain.Host)
+	resp, err := d.Do(context.Background(), http.MethodGet, "/v2/proxy/plain/manifests/v1", blockedNS, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Status != http.StatusBadGateway && resp.Status != http.StatusForbidden {
+		t.Errorf("registry %s resolving to loopback, through the proxy: status %d, want a refusal", blockedNS, resp.Status)
+	}
+	if got := requestsMentioning(tp.Requests(t), blocked); len(got) != 0 {
+		t.Errorf("the proxy was asked for a registry the guard refuses:\n%s", strings.Join(got, "\n"))
+	}
+	waitForDaemonLog(t, d, "loopback, private or link-local address")
 	if err := d.Stop(); err != nil {
 		t.Fatal(err)
 	}
