@@ -76,6 +76,12 @@ type DaemonConfig struct {
 	MetricsAddress string
 	// Extra is appended to the generated file verbatim (for options newer than this struct).
 	Extra string
+
+	// Env is added to the daemon's environment (HTTPS_PROXY=...).
+	Env []string
+	// EtcHosts, when set, is the /etc/hosts the daemon resolves names with (WriteEtcHosts),
+	// in a mount namespace of its own.
+	EtcHosts string
 }
 
 // TOML renders the configuration file.
@@ -277,6 +283,12 @@ func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Crede
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "serve", "--config", d.ConfigPath)
+	if cfg.EtcHosts != "" {
+		cmd = withEtcHosts(t, cfg.EtcHosts, bin, "serve", "--config", d.ConfigPath)
+	}
+	if len(cfg.Env) > 0 {
+		cmd.Env = append(os.Environ(), cfg.Env...)
+	}
 	cmd.Dir = dir
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}

@@ -106,6 +106,17 @@ type UpstreamConfig struct {
 	// PrivateAccessTTL is how long a client's upstream-checked right to read a private
 	// object is remembered.
 	PrivateAccessTTL Duration `toml:"private_access_ttl"`
+	// Proxy is the forward proxy: "" the environment's (HTTPS_PROXY, HTTP_PROXY, NO_PROXY),
+	// "direct" none, or a proxy URL for every registry.
+	Proxy string `toml:"proxy"`
+	// RegistryProxies overrides Proxy per registry (glob pattern = proxy URL or "direct").
+	RegistryProxies map[string]string `toml:"registry_proxies"`
+	// LowSpeedLimit (bytes per second) over LowSpeedTime: a slower download is abandoned.
+	LowSpeedLimit Size     `toml:"low_speed_limit"`
+	LowSpeedTime  Duration `toml:"low_speed_time"`
+	// CircuitBreakerCooldown is how long a registry host that did not answer gets fast
+	// failures instead of requests; 0 turns the breaker off.
+	CircuitBreakerCooldown Duration `toml:"circuit_breaker_cooldown"`
 }
 
 // DefaultHostsDir is the daemon's own hosts.toml directory. It is deliberately not
@@ -151,6 +162,16 @@ func Default() Config {
 			StallTimeout:     Duration(5 * time.Second),
 			HostsDir:         DefaultHostsDir,
 			PrivateAccessTTL: Duration(time.Minute),
+			Proxy:            "",
+			RegistryProxies:  map[string]string{},
+			// Far below any link a registry is used over, far above a registry that is
+			// broken: 10 s of a 1 KiB/s upstream is abandoned, containerd then goes to the
+			// registry itself.
+			LowSpeedLimit: Size(10 << 10),
+			LowSpeedTime:  Duration(10 * time.Second),
+			// Long enough that a pull (a few dozen requests over seconds) pays one timeout,
+			// short enough that a registry back up is used again soon.
+			CircuitBreakerCooldown: Duration(30 * time.Second),
 		},
 		Store: StoreConfig{
 			TagFreshness: Duration(time.Minute),
@@ -297,6 +318,12 @@ func (c Config) Validate() error {
 		// containerd's hosts.toml files send containerd to this daemon; read by the daemon
 		// they would send it to itself.
 		return bad("upstream.hosts_dir", "%q is containerd's directory; the daemon needs its own", c.Upstream.HostsDir)
+	}
+	if err := c.Upstream.validateSlowUpstreams(bad); err != nil {
+		return err
+	}
+	if err := c.Upstream.validateProxies(bad); err != nil {
+		return err
 	}
 	if c.Store.MaxManifestSize <= 0 || c.Store.MaxManifestSize > 64<<20 {
 		return bad("store.max_manifest_size", "%d is not between 1 and 67108864 bytes", c.Store.MaxManifestSize)

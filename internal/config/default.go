@@ -60,6 +60,23 @@ log_level = "info"
   # headers is cut (containerd resumes with a Range request), one that has not gets a 502.
   stall_timeout = "5s"
 
+  # A download that receives fewer than low_speed_limit bytes per second (bytes, or a string
+  # with a unit: "10KiB") over low_speed_time is abandoned as a stalled one is (curl's
+  # --speed-limit/--speed-time). Only the time spent waiting for the registry counts, not
+  # the time a slow client takes. "0" turns the limit off (stall_timeout still applies).
+  low_speed_limit = "10KiB"
+  # The window over which the speed is judged.
+  low_speed_time = "10s"
+
+  # After a registry host fails to answer (no connection, no response headers within
+  # response_header_timeout, a download stalled or under the low-speed limit), requests to it
+  # get an immediate 502 for this long (containerd then goes to the registry itself), so a
+  # hung registry costs one timeout per pull instead of one per request. Then one request
+  # is let through as a probe: answered, the host is used again; not, another cool-down.
+  # Logged ("upstream circuit open"/"closed") and in containerd_blobcache_upstream_circuit_open.
+  # "0s" turns the breaker off.
+  circuit_breaker_cooldown = "30s"
+
   # The daemon's own per-registry host configuration, in containerd's hosts.toml format and
   # layout (<dir>/<registry>/hosts.toml, certificate files next to it): CA and client
   # certificates, skip_verify, plain http, upstream mirrors in order, override_path, headers.
@@ -79,6 +96,23 @@ log_level = "info"
   # client's own credentials were accepted upstream for that repository and object (a
   # HEAD); the answer is remembered this long.
   private_access_ttl = "1m"
+
+  # Forward proxy to the registries. "" (the default): the daemon's environment as read at
+  # start, with Go's rules: HTTPS_PROXY for https registries, HTTP_PROXY for plain http ones,
+  # NO_PROXY (comma-separated hosts, domains, CIDRs) reached directly, loopback always
+  # direct. "direct": never a proxy, whatever the environment says. A URL
+  # ("http://user:password@proxy.example.com:3128"; http, https, socks5, socks5h): every
+  # registry through it. The dial guard still judges the registry, not the proxy: the
+  # registry's name is resolved on this node and refused when it is a loopback, private or
+  # link-local address (unless listed in allow_private_networks), before the request goes to
+  # the proxy; the proxy itself may be on a private network.
+  proxy = ""
+
+  # Proxy per registry, winning over proxy and the environment (NO_PROXY included): glob
+  # pattern of the registry (as ?ns= names it) or of the host dialled = proxy URL or
+  # "direct"; the longest matching pattern wins. Example:
+  # { "ghcr.io" = "http://proxy.example.com:3128", "*.corp.example.com" = "direct" }
+  registry_proxies = {}
 
 [store]
   # A tag is answered from the index for this long after it was fetched; after that it is

@@ -27,6 +27,8 @@ type Observer interface {
 	// UpstreamResponded records an upstream request: kind "manifests" or "blobs", the status
 	// code (0 when no response came) and the time to the response headers.
 	UpstreamResponded(kind, method string, status int, d time.Duration)
+	// UpstreamCircuit records that an upstream host's circuit opened or closed.
+	UpstreamCircuit(host string, open bool)
 }
 
 // StoreStats is what the store collector reads at each scrape (*blobcache.Store).
@@ -44,6 +46,8 @@ type Metrics struct {
 	bytesServed     *prometheus.CounterVec
 	upstream        *prometheus.HistogramVec
 	tokenFetches    *prometheus.CounterVec
+	circuitOpen     *prometheus.GaugeVec
+	circuitOpened   *prometheus.CounterVec
 	evictions       prometheus.Counter
 	evictedBytes    prometheus.Counter
 	diff            *diffMetrics
@@ -77,6 +81,14 @@ func New(version string, store StoreStats) *Metrics {
 			Namespace: Namespace, Name: "token_fetches_total",
 			Help: "Tokens fetched from registries' auth realms by the daemon, by registry.",
 		}, []string{"registry"}),
+		circuitOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "upstream_circuit_open",
+			Help: "1 while an upstream host's circuit is open (requests to it fail fast after it did not answer), by host; 0 once it answers again.",
+		}, []string{"host"}),
+		circuitOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "upstream_circuit_opened_total",
+			Help: "Times an upstream host's circuit opened, by host.",
+		}, []string{"host"}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "evicted_blobs_total",
 			Help: "Blobs removed from the store by eviction.",
@@ -92,7 +104,7 @@ func New(version string, store StoreStats) *Metrics {
 	}, []string{"version", "goversion"})
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(m.requests, m.requestDuration, m.bytesServed, m.upstream, m.tokenFetches,
-		m.evictions, m.evictedBytes, buildInfo,
+		m.circuitOpen, m.circuitOpened, m.evictions, m.evictedBytes, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.diff = newDiffMetrics(reg)
@@ -142,6 +154,19 @@ func (m *Metrics) UpstreamResponded(kind, method string, status int, d time.Dura
 		code = strconv.Itoa(status)
 	}
 	m.upstream.WithLabelValues(kind, method, code).Observe(d.Seconds())
+}
+
+// UpstreamCircuit implements Observer.
+func (m *Metrics) UpstreamCircuit(host string, open bool) {
+	if m == nil {
+		return
+	}
+	if open {
+		m.circuitOpen.WithLabelValues(host).Set(1)
+		m.circuitOpened.WithLabelValues(host).Inc()
+		return
+	}
+	m.circuitOpen.WithLabelValues(host).Set(0)
 }
 
 // storeCollector reads the store when scraped, so that the numbers are exact at that moment

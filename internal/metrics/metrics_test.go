@@ -94,6 +94,9 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	m.TokenFetched("r.example")
 	m.Evicted(2, 300)
 	m.UpstreamResponded("blobs", "GET", 200, 30*time.Millisecond)
+	m.UpstreamCircuit("hung.example:443", true)
+	m.UpstreamCircuit("back.example:443", true)
+	m.UpstreamCircuit("back.example:443", false)
 	var health Health
 	srv := httptest.NewServer(Handler(m, &health))
 	defer srv.Close()
@@ -132,6 +135,9 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 		`containerd_blobcache_evicted_blobs_total 2`,
 		`containerd_blobcache_evicted_bytes_total 300`,
 		`containerd_blobcache_upstream_request_duration_seconds_count{code="200",kind="blobs",method="GET"} 1`,
+		`containerd_blobcache_upstream_circuit_open{host="hung.example:443"} 1`,
+		`containerd_blobcache_upstream_circuit_open{host="back.example:443"} 0`,
+		`containerd_blobcache_upstream_circuit_opened_total{host="back.example:443"} 1`,
 		`process_open_fds`,
 	} {
 		if !strings.Contains(body, want) {

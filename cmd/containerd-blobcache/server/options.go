@@ -41,6 +41,11 @@ func resolverOptions(c config.UpstreamConfig) resolver.Options {
 		ResponseHeaderTimeout: c.ResponseHeaderTimeout.D(),
 		StallTimeout:          c.StallTimeout.D(),
 		HostsDir:              c.HostsDir,
+		LowSpeedLimit:         int64(c.LowSpeedLimit),
+		LowSpeedTime:          c.LowSpeedTime.D(),
+		BreakerCooldown:       c.CircuitBreakerCooldown.D(),
+		Proxy:                 c.Proxy,
+		RegistryProxies:       c.RegistryProxies,
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/net/http/httpproxy"
 	"google.golang.org/grpc"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
@@ -116,6 +117,8 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	opts := resolverOptions(cfg.Upstream)
 	opts.UserAgent = "containerd-blobcache/" + version.Version
 	opts.SelfAddresses = []string{ln.Addr().String()}
+	// Read once: the environment of the process at start, as http.ProxyFromEnvironment.
+	opts.ProxyEnvironment = httpproxy.FromEnvironment()
 	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
 	if err != nil {
 		return nil, err
@@ -123,12 +126,14 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if ops != nil {
 		opts.ObserveUpstream = ops.metrics.UpstreamResponded
 		opts.ObserveTokenFetch = ops.metrics.TokenFetched
+		opts.ObserveBreaker = ops.metrics.UpstreamCircuit
 		evictionMetrics.Store(ops.metrics)
 	}
 	res, err := resolver.New(opts)
 	if err != nil {
 		return nil, err
 	}
+	log.G(ctx).WithField("proxy", res.ProxyDescription()).Info("upstream forward proxy")
 	handler, err := mirror.New(mirror.Options{
 		Store:             store,
 		Resolver:          res,
