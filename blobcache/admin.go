@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
@@ -29,9 +30,13 @@ type BlobEntry struct {
 	Unverified bool
 }
 
-// IsManifest reports whether the media type is a manifest or an index.
+// IsManifest reports whether the media type is a manifest or an index that a registry
+// serves under /manifests/: containerd's OCI and Docker types, and Docker schema 1 (signed,
+// and the unsigned variant, which containerd has no constant for).
 func IsManifest(mediaType string) bool {
-	return strings.Contains(mediaType, "manifest") || strings.Contains(mediaType, "image.index")
+	return images.IsManifestType(mediaType) || images.IsIndexType(mediaType) ||
+		mediaType == images.MediaTypeDockerSchema1Manifest ||
+		mediaType == "application/vnd.docker.distribution.manifest.v1+json"
 }
 
 // TagEntry is one tag as listed by ListTags.

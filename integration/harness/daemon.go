@@ -20,20 +20,22 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // DaemonPackage is the package of the containerd-blobcache binary.
 const DaemonPackage = "./cmd/containerd-blobcache"
 
 // ResultHeader is the mirror's response header saying how a request was served.
-const ResultHeader = "X-Blobcache-Result"
+const ResultHeader = traffic.ResultHeader
 
 // Values of ResultHeader.
 const (
-	ResultHit    = "hit"
-	ResultMiss   = "miss"
-	ResultBypass = "bypass"
-	ResultStale  = "stale"
+	ResultHit    = string(traffic.Hit)
+	ResultMiss   = string(traffic.Miss)
+	ResultBypass = string(traffic.Bypass)
+	ResultStale  = string(traffic.Stale)
 )
 
 // DaemonConfig is the daemon's TOML configuration. Zero fields get test defaults from

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 type fakeStore struct{}
@@ -44,13 +45,13 @@ func TestMirrorMiddlewareCountsByResultHeader(t *testing.T) {
 	h := m.Mirror(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case strings.HasSuffix(r.URL.Path, "/hit"):
-			w.Header().Set(ResultHeader, ResultHit)
+			w.Header().Set(traffic.ResultHeader, ResultHit)
 			io.WriteString(w, "0123456789")
 		case strings.HasSuffix(r.URL.Path, "/miss"):
-			w.Header().Set(ResultHeader, ResultMiss)
+			w.Header().Set(traffic.ResultHeader, ResultMiss)
 			io.WriteString(w, "abc")
 		case strings.HasSuffix(r.URL.Path, "/abort"):
-			w.Header().Set(ResultHeader, ResultMiss)
+			w.Header().Set(traffic.ResultHeader, ResultMiss)
 			io.WriteString(w, "ab")
 			panic(http.ErrAbortHandler)
 		case r.URL.Path == "/v2/":

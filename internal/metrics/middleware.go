@@ -6,13 +6,11 @@ import (
 	"time"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
-// ResultHeader is the mirror's response header that says how a request was answered.
-const ResultHeader = "X-Blobcache-Result"
-
 // Mirror wraps the mirror's handler: each request is counted by kind, method and the result
-// the handler put in ResultHeader, and its body bytes by source. A nil *Metrics returns next
+// the handler put in traffic.ResultHeader, and its body bytes by source. A nil *Metrics returns next
 // unchanged.
 func (m *Metrics) Mirror(next http.Handler) http.Handler {
 	if m == nil {
@@ -32,7 +30,7 @@ func (m *Metrics) Mirror(next http.Handler) http.Handler {
 
 func (m *Metrics) observeMirror(r *http.Request, cw *httpcount.Writer, d time.Duration) {
 	kind := requestKind(r.URL.Path)
-	result := cw.Header().Get(ResultHeader)
+	result := cw.Header().Get(traffic.ResultHeader)
 	status := cw.Status
 	if status == 0 {
 		status = http.StatusOK

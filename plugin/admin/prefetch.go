@@ -12,17 +12,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 const (
-	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
-	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
 	// prefetchParallel is how many blobs of one image are fetched at once, like
 	// containerd's default max_concurrent_downloads.
 	prefetchParallel = 3
@@ -33,7 +34,7 @@ const (
 )
 
 var manifestAccept = strings.Join([]string{
-	ocispec.MediaTypeImageIndex, mediaTypeDockerList, ocispec.MediaTypeImageManifest, mediaTypeDockerManifest,
+	ocispec.MediaTypeImageIndex, images.MediaTypeDockerSchema2ManifestList, ocispec.MediaTypeImageManifest, images.MediaTypeDockerSchema2Manifest,
 }, ", ")
 
 // prefetch answers POST /v1/prefetch with a stream of PrefetchEvent lines.
@@ -100,7 +101,7 @@ func (p *prefetcher) run(ctx context.Context, named reference.Named) error {
 	}
 	p.emit(PrefetchEvent{Event: "resolved", Digest: dgst, MediaType: mediaType, Size: int64(len(body))})
 
-	if mediaType == ocispec.MediaTypeImageIndex || mediaType == mediaTypeDockerList {
+	if images.IsIndexType(mediaType) {
 		var idx ocispec.Index
 		if err := json.Unmarshal(body, &idx); err != nil {
 			return fmt.Errorf("index %s: %w", dgst, err)
@@ -113,7 +114,7 @@ func (p *prefetcher) run(ctx context.Context, named reference.Named) error {
 		// the index (small objects, for the image's metadata): fetch them too, so that the
 		// pull finds them cached. Their layers are not fetched.
 		for _, other := range idx.Manifests {
-			if other.Digest == desc.Digest || (other.MediaType != ocispec.MediaTypeImageManifest && other.MediaType != mediaTypeDockerManifest) {
+			if other.Digest == desc.Digest || !images.IsManifestType(other.MediaType) {
 				continue
 			}
 			if err := p.metadataOnly(ctx, other); err != nil {
@@ -238,7 +239,7 @@ func (p *prefetcher) blob(ctx context.Context, desc ocispec.Descriptor) error {
 	if w.n != desc.Size {
 		return fmt.Errorf("blob %s: got %d of %d bytes", desc.Digest, w.n, desc.Size)
 	}
-	p.emit(PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: w.n, Result: w.header.Get("X-Blobcache-Result")})
+	p.emit(PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: w.n, Result: w.header.Get(traffic.ResultHeader)})
 	return nil
 }
 

@@ -3,4 +3,14 @@
 // Range) that answers from the blob store when it can, fills the store from upstream on a
 // miss while streaming to every waiting client, and falls back to plain proxying whenever the
 // store cannot help, so the cache never turns a working pull into a failed one.
+//
+// One job per file:
+//   - handler.go: options, ServeHTTP (dispatch) and the per-request log line
+//   - request.go: routing, a /v2/ request parsed into a typed request (target, registry)
+//   - manifest.go: manifests by tag (freshness, revalidation) and by digest, fetched in full
+//   - blob.go: what happens to a blob GET, from the store or filled from upstream while streaming
+//   - upstream.go: relaying upstream answers when the store cannot help
+//   - response.go: results, error bodies and Range parsing, what goes back to the client
+//   - tags.go: tag policy and remembered 404s; access.go: who may read a private object
+//   - stats.go: counters per registry
 package mirror

@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
@@ -315,8 +316,8 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	accept := map[string]string{"Accept": manifestType + ", application/vnd.oci.image.index.v1+json"}
 
 	resp, got := fx.do(http.MethodGet, "/v2/app/manifests/v1", accept)
-	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(ResultHeader) != "miss" {
-		t.Fatalf("first GET: %d %s %q", resp.StatusCode, resp.Header.Get(ResultHeader), got)
+	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(traffic.ResultHeader) != "miss" {
+		t.Fatalf("first GET: %d %s %q", resp.StatusCode, resp.Header.Get(traffic.ResultHeader), got)
 	}
 	if resp.Header.Get("Content-Type") != manifestType || resp.Header.Get("Docker-Content-Digest") != dgst.String() || resp.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
 		t.Fatalf("headers: %v", resp.Header)
@@ -324,7 +325,7 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	// HEAD and GET by tag and by digest are now answered from the store.
 	for _, req := range []struct{ method, ref string }{{"HEAD", "v1"}, {"GET", "v1"}, {"GET", dgst.String()}, {"HEAD", dgst.String()}} {
 		resp, got := fx.do(req.method, "/v2/app/manifests/"+req.ref, accept)
-		if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || resp.Header.Get("Docker-Content-Digest") != dgst.String() ||
+		if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "hit" || resp.Header.Get("Docker-Content-Digest") != dgst.String() ||
 			resp.Header.Get("Content-Type") != manifestType || resp.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
 			t.Fatalf("%s %s: %d %v", req.method, req.ref, resp.StatusCode, resp.Header)
 		}
@@ -339,8 +340,8 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	// Past the freshness window the tag is revalidated with one HEAD.
 	fx.clock.Add(int64(2 * time.Minute))
 	resp, _ = fx.do(http.MethodHead, "/v2/app/manifests/v1", accept)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || fx.upstream.count("HEAD manifests") != 1 {
-		t.Fatalf("revalidation: %d %s, upstream HEADs %d", resp.StatusCode, resp.Header.Get(ResultHeader), fx.upstream.count("HEAD manifests"))
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "hit" || fx.upstream.count("HEAD manifests") != 1 {
+		t.Fatalf("revalidation: %d %s, upstream HEADs %d", resp.StatusCode, resp.Header.Get(traffic.ResultHeader), fx.upstream.count("HEAD manifests"))
 	}
 
 	// The tag moves upstream: after the window the new manifest is fetched.
@@ -358,7 +359,7 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	fx.upstream.mu.Unlock()
 	fx.clock.Add(int64(2 * time.Minute))
 	resp, got = fx.do(http.MethodGet, "/v2/app/manifests/v1", accept)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "stale" || !bytes.Equal(got, body2) || resp.Header.Get("Warning") == "" {
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "stale" || !bytes.Equal(got, body2) || resp.Header.Get("Warning") == "" {
 		t.Fatalf("stale-if-error: %d %v", resp.StatusCode, resp.Header)
 	}
 	// A tag never seen cannot be served: the upstream status goes back.
@@ -413,7 +414,7 @@ func TestBlobMissThenHitWithRanges(t *testing.T) {
 	dgst, data := fx.upstream.addBlob(3<<20, 2)
 	path := "/v2/app/blobs/" + dgst.String()
 	resp, got := fx.do(http.MethodGet, path, nil)
-	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(ResultHeader) != "miss" || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
+	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(traffic.ResultHeader) != "miss" || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
 		t.Fatalf("miss: %d %v", resp.StatusCode, resp.Header)
 	}
 	// The commit (file renamed, then recorded) ends just after the client got its body.
@@ -437,7 +438,7 @@ func TestBlobMissThenHitWithRanges(t *testing.T) {
 			hdr["Range"] = tc.rng
 		}
 		resp, got := fx.do(http.MethodGet, path, hdr)
-		if resp.StatusCode != tc.status || !bytes.Equal(got, data[tc.start:tc.end]) || resp.Header.Get("Content-Range") != tc.contentRange || resp.Header.Get(ResultHeader) != "hit" {
+		if resp.StatusCode != tc.status || !bytes.Equal(got, data[tc.start:tc.end]) || resp.Header.Get("Content-Range") != tc.contentRange || resp.Header.Get(traffic.ResultHeader) != "hit" {
 			t.Fatalf("range %q: %d %v", tc.rng, resp.StatusCode, resp.Header)
 		}
 	}
@@ -575,8 +576,8 @@ func TestStoreThatCannotWriteBypasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp, got := fx.do(http.MethodGet, "/v2/app/blobs/"+dgst.String(), nil)
-	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(ResultHeader) != "bypass" {
-		t.Fatalf("bypass: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(traffic.ResultHeader) != "bypass" {
+		t.Fatalf("bypass: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 	resp, got = fx.do(http.MethodGet, "/v2/app/blobs/"+dgst.String(), map[string]string{"Range": "bytes=10-"})
 	if resp.StatusCode != 206 || !bytes.Equal(got, data[10:]) {
@@ -585,8 +586,8 @@ func TestStoreThatCannotWriteBypasses(t *testing.T) {
 	body := []byte(`{"schemaVersion":2,"mediaType":"` + manifestType + `"}`)
 	fx.upstream.addManifest("t", body)
 	resp, got = fx.do(http.MethodGet, "/v2/app/manifests/t", nil)
-	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(ResultHeader) != "bypass" {
-		t.Fatalf("manifest bypass: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(traffic.ResultHeader) != "bypass" {
+		t.Fatalf("manifest bypass: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 }
 

@@ -9,6 +9,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
 var (
@@ -17,6 +20,110 @@ var (
 	anchoredName = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
 	anchoredTag  = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
 )
+
+// request is one client request on its way through the handler.
+type request struct {
+	r        *http.Request
+	w        *recorder
+	target   target
+	endpoint resolver.Endpoint
+	// daemonCredentials: upstream requests carry the daemon's credentials.
+	daemonCredentials bool
+	// accessChecked is set once the registry accepted this client for the requested object.
+	accessChecked bool
+}
+
+func (q *request) source() blobcache.Source {
+	// An object fetched with the client's or the daemon's credentials may be private; one
+	// fetched without was readable anonymously.
+	private := q.r.Header.Get("Authorization") != "" || q.daemonCredentials
+	return blobcache.Source{Registry: q.endpoint.Name, Repository: q.target.repo, Private: private}
+}
+
+func (q *request) upstream(method string) resolver.Request {
+	return resolver.Request{
+		Method:     method,
+		Endpoint:   q.endpoint,
+		Repository: q.target.repo,
+		Kind:       string(q.target.kind),
+		Reference:  q.target.reference(),
+		Header:     q.r.Header,
+	}
+}
+
+// route parses the request into q (target, registry endpoint, credentials) and answers
+// those it can without a store or an upstream: refusals and the /v2/ base. It returns false
+// when the request is answered.
+func (h *Handler) route(q *request) bool {
+	r, w := q.r, q.w
+	if r.Header.Get(resolver.LoopHeader) != "" {
+		h.fail(q, newAPIError(http.StatusLoopDetected, "UNSUPPORTED", "request came from a containerd-blobcache daemon; refusing to proxy it again"))
+		return false
+	}
+	if h.refuseBody(q) {
+		return false
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		h.fail(q, newAPIError(http.StatusMethodNotAllowed, "UNSUPPORTED", "this mirror is read-only: only GET and HEAD"))
+		return false
+	}
+	if r.URL.RawPath != "" {
+		// Escaped characters have no place in a name, tag or digest; refusing them keeps
+		// the decoded path and what the client meant the same thing.
+		h.fail(q, newAPIError(http.StatusBadRequest, "NAME_INVALID", "escaped characters in path"))
+		return false
+	}
+	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = w.Write([]byte("{}"))
+		}
+		return false
+	}
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+	if !ok {
+		h.fail(q, errNotFound("no such endpoint"))
+		return false
+	}
+	t, aerr := parseTarget(rest)
+	q.target = t
+	if aerr != nil {
+		h.fail(q, aerr)
+		return false
+	}
+	ns, aerr := h.namespace(r)
+	if aerr != nil {
+		h.fail(q, aerr)
+		return false
+	}
+	ep, err := h.resolver.Endpoint(ns)
+	if err != nil {
+		h.fail(q, errInvalidNS(ns, err))
+		return false
+	}
+	q.endpoint = ep
+	q.daemonCredentials = h.resolver.HasCredentials(ep.Name)
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	return true
+}
+
+func (h *Handler) namespace(r *http.Request) (string, *apiError) {
+	values, present := r.URL.Query()["ns"]
+	switch {
+	case len(values) > 1:
+		return "", newAPIError(http.StatusBadRequest, "NAME_INVALID", "more than one ns parameter")
+	case present && values[0] != "":
+		return values[0], nil
+	case h.defaultRegistry != "":
+		return h.defaultRegistry, nil
+	default:
+		return "", newAPIError(http.StatusBadRequest, "NAME_INVALID", "no ?ns=<registry> in the request and no mirror.default_registry configured")
+	}
+}
 
 // maxNameLength is the distribution spec's limit on a repository name.
 const maxNameLength = 255

@@ -4,19 +4,80 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // recorder remembers what a handler sent, for the request's log line: the status and bytes
 // (httpcount.Writer, which keeps sendfile working), the result and the error.
 type recorder struct {
 	httpcount.Writer
-	result  string
+	result  traffic.Result
 	err     error
 	aborted bool
+}
+
+// fail answers with an OCI error body before any header went out.
+func (h *Handler) fail(q *request, e *apiError) {
+	q.w.result = traffic.Error
+	q.w.err = e
+	e.write(q.w, q.r)
+}
+
+// apiError is an error answered with the OCI distribution error body, so that containerd and
+// people reading its logs see why a request was refused.
+type apiError struct {
+	status  int
+	code    string
+	message string
+}
+
+func newAPIError(status int, code, message string) *apiError {
+	return &apiError{status: status, code: code, message: message}
+}
+
+func errNotFound(message string) *apiError {
+	return newAPIError(http.StatusNotFound, "NOT_FOUND", message)
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func (e *apiError) write(w http.ResponseWriter, r *http.Request) {
+	body, _ := json.Marshal(struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}{Errors: []struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}{{Code: e.code, Message: e.message}}})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(e.status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}
+
+// writeAs relays the captured answer with the given result.
+func (e *statusError) writeAs(q *request, result traffic.Result) {
+	for k, v := range e.header {
+		q.w.Header()[k] = v
+	}
+	q.w.Header().Set("Content-Length", strconv.Itoa(len(e.body)))
+	q.w.Header().Set(traffic.ResultHeader, string(result))
+	q.w.result = result
+	q.w.err = e
+	q.w.WriteHeader(e.status)
+	if q.r.Method != http.MethodHead {
+		_, _ = q.w.Write(e.body)
+	}
 }
 
 // errRange is a Range header that cannot be satisfied.
@@ -68,15 +129,4 @@ func parseRange(header string, size int64) (start, length int64, ok bool, err er
 		}
 	}
 	return s, e - s + 1, true, nil
-}
-
-// declaredMediaType reads the mediaType field a manifest or index declares.
-func declaredMediaType(body []byte) string {
-	var m struct {
-		MediaType string `json:"mediaType"`
-	}
-	if json.Unmarshal(body, &m) != nil {
-		return ""
-	}
-	return m.MediaType
 }

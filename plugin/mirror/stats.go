@@ -2,6 +2,8 @@ package mirror
 
 import (
 	"sync"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // RegistryStats counts what the mirror answered for one registry since the daemon started.
@@ -56,15 +58,15 @@ func (st *stats) record(q *request) {
 	var d RegistryStats
 	d.Requests = 1
 	switch q.w.result {
-	case resultHit:
+	case traffic.Hit:
 		d.Hits, d.BytesFromCache = 1, q.w.Bytes
-	case resultStale:
+	case traffic.Stale:
 		d.Stale, d.BytesFromCache = 1, q.w.Bytes
-	case resultNegative:
+	case traffic.Negative:
 		d.Negative = 1
-	case resultMiss:
+	case traffic.Miss:
 		d.Misses, d.BytesFromUpstream = 1, q.w.Bytes
-	case resultBypass:
+	case traffic.Bypass:
 		d.Bypassed, d.BytesFromUpstream = 1, q.w.Bytes
 	default:
 		d.Errors = 1

@@ -4,14 +4,12 @@ import (
 	"crypto/sha256"
 	"net/http"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
-)
 
-// resultNegative answers a manifest request with a 404 upstream gave a moment ago.
-const resultNegative = "negative"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
+)
 
 // negativeCacheMax bounds the remembered 404s: a client asking for many made-up tags must
 // not grow the daemon's memory without limit.
@@ -133,23 +131,8 @@ func (h *Handler) serveNegative(q *request) bool {
 	if se == nil {
 		return false
 	}
-	se.writeAs(q, resultNegative)
+	se.writeAs(q, traffic.Negative)
 	return true
-}
-
-// writeAs relays the captured answer with the given result.
-func (e *statusError) writeAs(q *request, result string) {
-	for k, v := range e.header {
-		q.w.Header()[k] = v
-	}
-	q.w.Header().Set("Content-Length", strconv.Itoa(len(e.body)))
-	q.w.Header().Set(ResultHeader, result)
-	q.w.result = result
-	q.w.err = e
-	q.w.WriteHeader(e.status)
-	if q.r.Method != http.MethodHead {
-		_, _ = q.w.Write(e.body)
-	}
 }
 
 // passManifestStatus relays a non-200 upstream answer to a manifest request and remembers
