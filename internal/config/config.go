@@ -140,7 +140,7 @@ func Default() Config {
 			PrivateAccessTTL: Duration(time.Minute),
 		},
 		Store: StoreConfig{
-			TagFreshness: Duration(time.Minute),
+			TagFreshness: 0,
 			// containerd refuses manifests larger than 4 MiB; anything bigger is not worth keeping.
 			MaxManifestSize: 4 << 20,
 
@@ -244,7 +244,6 @@ func (c Config) Validate() error {
 		{"upstream.response_header_timeout", c.Upstream.ResponseHeaderTimeout},
 		{"upstream.stall_timeout", c.Upstream.StallTimeout},
 		{"upstream.private_access_ttl", c.Upstream.PrivateAccessTTL},
-		{"store.tag_freshness", c.Store.TagFreshness},
 		{"content.shutdown_timeout", c.Content.ShutdownTimeout},
 	} {
 		if d.v <= 0 {

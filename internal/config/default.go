@@ -81,9 +81,13 @@ log_level = "info"
   private_access_ttl = "1m"
 
 [store]
-  # A tag is answered from the index for this long after it was fetched; after that it is
-  # revalidated upstream (a HEAD). Content addressed by digest never expires by time.
-  tag_freshness = "1m"
+  # How long a tag is answered from the index without asking the registry. "0s" (the
+  # default): every tag request is revalidated upstream with a HEAD (no manifest bytes move
+  # when the digest is unchanged; concurrent requests for one tag share one HEAD), so a
+  # re-pushed tag is seen at the next request. Longer saves those HEADs (registries with
+  # rate limits) at the cost of a re-push being seen up to this late. Content addressed by
+  # digest never expires by time.
+  tag_freshness = "0s"
 
   # Largest manifest accepted from a registry, in bytes (containerd refuses more than 4 MiB).
   max_manifest_size = 4194304
@@ -105,7 +109,8 @@ log_level = "info"
   access_flush_interval = "10s"
 
   # Freshness window per registry (glob pattern = duration), overriding tag_freshness; the
-  # longest matching pattern wins. Example: { "docker.io" = "10m", "*.internal" = "10s" }
+  # longest matching pattern wins. Example: { "docker.io" = "1m" } to spare Docker Hub's
+  # rate limit, "0s" to always revalidate one registry.
   registry_tag_freshness = {}
 
   # Tags that are revalidated upstream at every request, whatever their freshness. A

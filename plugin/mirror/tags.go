@@ -135,12 +135,12 @@ func (h *Handler) serveNegative(q *request) bool {
 	return true
 }
 
-// passManifestStatus relays a non-200 upstream answer to a manifest request and remembers
-// a 404.
-func (h *Handler) passManifestStatus(q *request, resp *http.Response) {
+// captureManifestStatus keeps a non-200 upstream answer to a manifest request, to be
+// relayed, and remembers a 404.
+func (h *Handler) captureManifestStatus(q *request, resp *http.Response) *statusError {
 	se := captureStatus(resp)
 	if resp.StatusCode == http.StatusNotFound && h.tags.NegativeTTL > 0 {
 		h.negative.put(negativeKey(q), se, h.now().Add(h.tags.NegativeTTL), h.now())
 	}
-	se.write(q)
+	return se
 }
