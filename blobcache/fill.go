@@ -2,7 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -242,7 +241,7 @@ func (s *Store) run(ctx context.Context, f *Fill, file *os.File, body io.ReadClo
 	}
 
 	buf := make([]byte, fillBufferSize)
-	h := sha256.New()
+	h := f.dgst.Algorithm().Hash()
 	var off int64
 	for {
 		n, rerr := body.Read(buf)
@@ -271,7 +270,7 @@ func (s *Store) run(ctx context.Context, f *Fill, file *os.File, body io.ReadClo
 		failWith(fillFailed("fill of %s: upstream sent %d of the announced %d bytes", f.dgst, off, f.size))
 		return
 	}
-	if got := digest.NewDigest(digest.SHA256, h); got != f.dgst {
+	if got := digest.NewDigest(f.dgst.Algorithm(), h); got != f.dgst {
 		failWith(fillFailed("fill of %s: upstream sent content with digest %s", f.dgst, got))
 		return
 	}

@@ -204,8 +204,12 @@ type verifyReport struct {
 	LeftoverFills int             `json:"leftoverFills"`
 }
 
-// errVerifyFound makes verify exit 1 when it found (and repaired) something.
-var errVerifyFound = errors.New("verify found damaged blobs (repaired: see above)")
+// verifyFound makes verify exit 1 when it found (and repaired) something, naming what: an
+// orphan is an intact file the index lacked, not damage.
+func verifyFound(rep verifyReport) error {
+	return fmt.Errorf("verify found %d corrupt blobs, %d missing blobs, %d orphans (blob files without a record), %d leftover fills (repaired: see above)",
+		len(rep.Corrupt), len(rep.Missing), len(rep.Orphans), rep.LeftoverFills)
+}
 
 func verifyCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("verify", stderr)
@@ -243,7 +247,7 @@ func verifyCmd(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if len(rep.Corrupt)+len(rep.Missing)+len(rep.Orphans)+rep.LeftoverFills > 0 {
-		return errVerifyFound
+		return verifyFound(rep)
 	}
 	return nil
 }
