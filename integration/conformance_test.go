@@ -129,6 +129,11 @@ func TestConformance(t *testing.T) {
 			// distribution refuses a manifest whose non-distributable layers were not pushed
 			// (500): a registry limit, nothing the mirror reads.
 			"OCI_DATA_NONDISTRIBUTABLE": "false",
+			// distribution v3.1.2 refuses manifests put by sha512 digest (400 DIGEST_INVALID)
+			// and answers sha512 blob uploads with a sha256 digest: its write side fails
+			// the suite's sha512 data. Reads by sha512 are checked in the pull run (a seeded
+			// sha512 blob) and by the mirror's unit tests.
+			"OCI_DATA_SHA512": "false",
 		})
 		reportConformance(t, "push+pull via front", res, "conformance push+pull workflows, writes to distribution v3.1.2, reads from the mirror")
 	})
