@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin/adminapi"
 )
 
 // adminFlags are the flags every admin command takes.
@@ -115,7 +115,7 @@ func (c *adminClient) call(ctx context.Context, method, path string, body any) (
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		var e admin.ErrorResponse
+		var e adminapi.ErrorResponse
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
 			return nil, errors.New(e.Error)

@@ -10,36 +10,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // Namespace prefixes every metric name.
 const Namespace = "containerd_blobcache"
-
-// Surfaces: how the request reached the daemon, the mirror (HTTP) or the content API (gRPC,
-// proxy mode).
-const (
-	SurfaceMirror  = "mirror"
-	SurfaceContent = "content"
-)
-
-// Results of a request: for the mirror, the X-Blobcache-Result values, "error" for a request
-// that got an error answer and "none" for requests that are not about content such as GET
-// /v2/; for the content API, "hit" and "miss" for Info and Read of a blob the store has or
-// has not, "error" for a failed call and "none" for the other calls.
-const (
-	ResultHit    = "hit"
-	ResultMiss   = "miss"
-	ResultBypass = "bypass"
-	ResultStale  = "stale"
-	ResultError  = "error"
-	ResultNone   = "none"
-)
-
-// Sources of the bytes served.
-const (
-	SourceStore    = "store"
-	SourceUpstream = "upstream"
-)
 
 // Observer is how components that are not HTTP handlers report what they do. A nil
 // *Metrics is a valid Observer that records nothing.
@@ -80,7 +55,7 @@ func New(version string, store StoreStats) *Metrics {
 		Registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "requests_total",
-			Help: "Requests answered, by surface (mirror, content), kind (mirror: manifest, blob, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, bypass, stale, error, none).",
+			Help: "Requests answered, by surface (mirror, content), kind (mirror: manifest, blob, tags, referrers, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, bypass, stale, negative, error, none).",
 		}, []string{"surface", "kind", "method", "result"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "request_duration_seconds",
@@ -141,16 +116,16 @@ func (m *Metrics) Evicted(n int, bytes int64) {
 	m.evictedBytes.Add(float64(bytes))
 }
 
-// ContentRequest counts one call of the content API: rpc is the call (info, read, write...),
-// result one of the Result constants, sent the blob bytes it returned (Read).
-func (m *Metrics) ContentRequest(rpc, result string, d time.Duration, sent int64) {
+// ObserveRequest counts one answered request of either surface (traffic.Observer): the
+// same observation feeds the admin API's stats, so that the two agree.
+func (m *Metrics) ObserveRequest(r traffic.Request) {
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(SurfaceContent, rpc, "grpc", result).Inc()
-	m.requestDuration.WithLabelValues(SurfaceContent, rpc, result).Observe(d.Seconds())
-	if sent > 0 {
-		m.bytesServed.WithLabelValues(SurfaceContent, SourceStore).Add(float64(sent))
+	m.requests.WithLabelValues(string(r.Surface), r.Kind, r.Method, string(r.Result)).Inc()
+	m.requestDuration.WithLabelValues(string(r.Surface), r.Kind, string(r.Result)).Observe(r.Duration.Seconds())
+	if src := traffic.SourceOf(r.Result); src != "" && r.Bytes > 0 {
+		m.bytesServed.WithLabelValues(string(r.Surface), src).Add(float64(r.Bytes))
 	}
 }
 

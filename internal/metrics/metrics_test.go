@@ -40,44 +40,25 @@ func assertRequests(t *testing.T, m *Metrics, counts []requestCount) {
 	}
 }
 
-func TestMirrorMiddlewareCountsByResultHeader(t *testing.T) {
+func TestObserveRequestCountsBySurfaceAndResult(t *testing.T) {
 	m := New("test", fakeStore{})
-	h := m.Mirror(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/hit"):
-			w.Header().Set(traffic.ResultHeader, ResultHit)
-			io.WriteString(w, "0123456789")
-		case strings.HasSuffix(r.URL.Path, "/miss"):
-			w.Header().Set(traffic.ResultHeader, ResultMiss)
-			io.WriteString(w, "abc")
-		case strings.HasSuffix(r.URL.Path, "/abort"):
-			w.Header().Set(traffic.ResultHeader, ResultMiss)
-			io.WriteString(w, "ab")
-			panic(http.ErrAbortHandler)
-		case r.URL.Path == "/v2/":
-			io.WriteString(w, "{}")
-		default:
-			http.Error(w, "nope", http.StatusBadGateway)
-		}
-	}))
-	do := func(method, path string) {
-		rec := httptest.NewRecorder()
-		func() {
-			defer func() { _ = recover() }()
-			h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
-		}()
+	mirror := func(kind, method string, result traffic.Result, bytes int64) {
+		m.ObserveRequest(traffic.Request{Surface: traffic.SurfaceMirror, Registry: "r.example", Kind: kind, Method: method, Result: result, Bytes: bytes, Duration: time.Millisecond})
 	}
-	do("GET", "/v2/a/blobs/hit")
-	do("GET", "/v2/a/blobs/hit")
-	do("GET", "/v2/a/manifests/miss")
-	do("HEAD", "/v2/a/manifests/fail")
-	do("GET", "/v2/a/blobs/abort")
-	do("GET", "/v2/")
+	mirror("blob", "GET", traffic.Hit, 10)
+	mirror("blob", "GET", traffic.Hit, 10)
+	mirror("manifest", "GET", traffic.Miss, 3)
+	mirror("manifest", "HEAD", traffic.Error, 0)
+	mirror("manifest", "GET", traffic.Negative, 19) // a 404 body: neither store nor upstream bytes
+	mirror("blob", "GET", traffic.Bypass, 2)
+	mirror("ping", "GET", traffic.None, 2)
 	assertRequests(t, m, []requestCount{
 		{[]string{"mirror", "blob", "GET", "hit"}, 2},
 		{[]string{"mirror", "manifest", "GET", "miss"}, 1},
 		{[]string{"mirror", "manifest", "HEAD", "error"}, 1},
-		{[]string{"mirror", "blob", "GET", "miss"}, 1},
+		{[]string{"mirror", "manifest", "GET", "negative"}, 1},
+		{[]string{"mirror", "manifest", "GET", "error"}, 0},
+		{[]string{"mirror", "blob", "GET", "bypass"}, 1},
 		{[]string{"mirror", "ping", "GET", "none"}, 1},
 	})
 	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("mirror", "store")); got != 20 {
@@ -86,6 +67,25 @@ func TestMirrorMiddlewareCountsByResultHeader(t *testing.T) {
 	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("mirror", "upstream")); got != 5 {
 		t.Errorf("upstream bytes = %v, want 5", got)
 	}
+
+	content := func(rpc string, result traffic.Result, sent int64) {
+		m.ObserveRequest(traffic.Request{Surface: traffic.SurfaceContent, Kind: rpc, Method: "grpc", Result: result, Bytes: sent, Duration: time.Millisecond})
+	}
+	content("read", traffic.Hit, 100)
+	content("read", traffic.Hit, 50)
+	content("info", traffic.Miss, 0)
+	content("write", traffic.None, 0)
+	assertRequests(t, m, []requestCount{
+		{[]string{"content", "read", "grpc", "hit"}, 2},
+		{[]string{"content", "info", "grpc", "miss"}, 1},
+		{[]string{"content", "write", "grpc", "none"}, 1},
+	})
+	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("content", "store")); got != 150 {
+		t.Errorf("content store bytes = %v, want 150", got)
+	}
+	var nilMetrics *Metrics
+	nilMetrics.ObserveRequest(traffic.Request{Surface: traffic.SurfaceContent, Result: traffic.Hit}) // must not panic
+	var _ traffic.Observer = nilMetrics
 }
 
 func TestHandlerServesMetricsAndHealth(t *testing.T) {
@@ -140,23 +140,4 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	var nilMetrics *Metrics
 	nilMetrics.TokenFetched("x") // a nil Observer records nothing and does not panic
 	var _ Observer = nilMetrics
-}
-
-func TestContentRequestCountsBySurfaceContent(t *testing.T) {
-	m := New("test", nil)
-	m.ContentRequest("read", ResultHit, time.Millisecond, 100)
-	m.ContentRequest("read", ResultHit, time.Millisecond, 50)
-	m.ContentRequest("info", ResultMiss, time.Millisecond, 0)
-	m.ContentRequest("write", ResultNone, time.Millisecond, 0)
-	assertRequests(t, m, []requestCount{
-		{[]string{"content", "read", "grpc", "hit"}, 2},
-		{[]string{"content", "info", "grpc", "miss"}, 1},
-		{[]string{"content", "write", "grpc", "none"}, 1},
-		{[]string{"mirror", "blob", "GET", "hit"}, 0},
-	})
-	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("content", "store")); got != 150 {
-		t.Errorf("content store bytes = %v, want 150", got)
-	}
-	var nilMetrics *Metrics
-	nilMetrics.ContentRequest("read", ResultHit, time.Millisecond, 1) // must not panic
 }

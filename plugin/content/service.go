@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // Service is the content API served over gRPC on a listener.
@@ -27,7 +28,7 @@ type Service struct {
 
 // NewService serves cache's content on ln (see Listen) once Serve runs. ctx carries the
 // logger every request logs with; observer, when not nil, is told about every call.
-func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, observer RequestObserver) (*Service, error) {
+func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, observer traffic.Observer) (*Service, error) {
 	store, err := NewStore(ctx, cache)
 	if err != nil {
 		return nil, err
@@ -95,14 +96,6 @@ func (s *Service) Shutdown(ctx context.Context) {
 func (s *Service) Close() error {
 	s.srv.Stop()
 	return s.ln.Close()
-}
-
-func observe(observer RequestObserver, fullMethod string, err error, start time.Time, sent int64) {
-	if observer == nil {
-		return
-	}
-	rpc := rpcName(fullMethod)
-	observer.ContentRequest(rpc, callResult(rpc, err), time.Since(start), sent)
 }
 
 // logResult logs failed requests at debug level; the answers containerd expects in normal

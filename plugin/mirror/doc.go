@@ -12,5 +12,4 @@
 //   - upstream.go: relaying upstream answers when the store cannot help
 //   - response.go: results, error bodies and Range parsing, what goes back to the client
 //   - tags.go: tag policy and remembered 404s; access.go: who may read a private object
-//   - stats.go: counters per registry
 package mirror

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
@@ -35,6 +37,9 @@ type Options struct {
 	// Tags refines TagFreshness: per registry, always-revalidated tags, stale and negative
 	// answers (tags.go).
 	Tags TagPolicy
+	// Observer is told about every request once it is answered (the admin API's counters
+	// and the metrics); nil observes nothing.
+	Observer traffic.Observer
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -53,7 +58,7 @@ type Handler struct {
 	probes   sync.Map
 	tags     TagPolicy
 	negative negativeCache
-	stats    stats
+	observer traffic.Observer
 	// manifestFlights shares one upstream request per manifest (or tag revalidation) among
 	// concurrent identical requests (manifest_flight.go).
 	manifestFlights singleflight.Group
@@ -87,6 +92,7 @@ func New(opts Options) (*Handler, error) {
 		now:             opts.Now,
 		access:          newAccessCache(opts.AccessCheckTTL, opts.Now),
 		tags:            opts.Tags,
+		observer:        opts.Observer,
 	}, nil
 }
 
@@ -99,8 +105,13 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		if rec != nil {
 			w.aborted = true
 		}
-		h.logRequest(r.Context(), q, start)
-		h.stats.record(q)
+		// One observation per request: the log line, the admin API's counters and the
+		// metrics all take the same result.
+		obs := h.observation(q, time.Since(start))
+		h.logRequest(r.Context(), q, obs)
+		if h.observer != nil {
+			h.observer.ObserveRequest(obs)
+		}
 		if rec != nil {
 			panic(rec)
 		}
@@ -124,13 +135,60 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	h.serveBlob(q)
 }
 
-func (h *Handler) logRequest(ctx context.Context, q *request, start time.Time) {
+// observation is the request's one account of itself: a handler path that answered sets
+// q.w.result; one that did not is an error, or none for a successful answer about no content
+// (GET /v2/).
+func (h *Handler) observation(q *request, d time.Duration) traffic.Request {
+	result := q.w.result
+	if result == "" {
+		result = traffic.Error
+		if q.w.Status >= 100 && q.w.Status < 400 && !q.w.aborted {
+			result = traffic.None
+		}
+	}
+	method := q.r.Method
+	if method != http.MethodGet && method != http.MethodHead {
+		method = "other"
+	}
+	return traffic.Request{
+		Surface:  traffic.SurfaceMirror,
+		Registry: q.endpoint.Name,
+		Kind:     requestKind(q.r.URL.Path),
+		Method:   method,
+		Result:   result,
+		Duration: d,
+		Bytes:    q.w.Bytes,
+	}
+}
+
+// requestKind classifies a /v2/ path with a bounded set of values (never the path itself:
+// metric label values must not grow with what clients send).
+func requestKind(path string) string {
+	switch {
+	case path == "/v2/" || path == "/v2":
+		return "ping"
+	case !strings.HasPrefix(path, "/v2/"):
+		return "other"
+	case strings.Contains(path, "/manifests/"):
+		return "manifest"
+	case strings.Contains(path, "/blobs/"):
+		return "blob"
+	case strings.HasSuffix(path, "/tags/list"):
+		return "tags"
+	case strings.Contains(path, "/referrers/"):
+		return "referrers"
+	default:
+		return "other"
+	}
+}
+
+func (h *Handler) logRequest(ctx context.Context, q *request, obs traffic.Request) {
 	fields := log.Fields{
 		"method":   q.r.Method,
 		"status":   q.w.Status,
-		"result":   q.w.result,
+		"result":   obs.Result,
 		"bytes":    q.w.Bytes,
-		"duration": time.Since(start).Round(time.Microsecond),
+		"duration": obs.Duration.Round(time.Microsecond),
 	}
 	if q.endpoint.Name != "" {
 		fields["ns"] = q.endpoint.Name

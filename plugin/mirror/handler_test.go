@@ -179,6 +179,8 @@ type fixture struct {
 	srv      *httptest.Server
 	clock    atomic.Int64
 	active   atomic.Int64
+	// counters get every request's observation, like the admin API's.
+	counters traffic.Counters
 }
 
 // handlerActive is the number of requests inside the handler.
@@ -225,7 +227,8 @@ func newFixtureAt(t *testing.T, root string) *fixture {
 	}
 	fx.handler, err = New(Options{
 		Store: store, Resolver: res, TagFreshness: time.Minute, MaxManifestSize: 4 << 20,
-		Now: func() time.Time { return time.Unix(0, fx.clock.Load()) },
+		Now:      func() time.Time { return time.Unix(0, fx.clock.Load()) },
+		Observer: &fx.counters,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -129,8 +129,9 @@ func TestStatsCounters(t *testing.T) {
 	fx.do(http.MethodGet, "/v2/app/blobs/"+d.String(), nil)
 	fx.do(http.MethodGet, "/v2/app/blobs/"+d.String(), nil)
 	// A request is counted once its handler returned, just after the client got the body.
-	waitFor(t, func() bool { return fx.handler.Stats()[fx.upstream.host()].Requests == 3 })
-	st := fx.handler.Stats()[fx.upstream.host()]
+	perRegistry := func() traffic.Stats { _, per := fx.counters.Mirror(); return per[fx.upstream.host()] }
+	waitFor(t, func() bool { return perRegistry().Requests == 3 })
+	st := perRegistry()
 	if st.Misses != 1 || st.Hits != 2 || st.BytesFromUpstream != int64(len(data)) || st.BytesFromCache != 2*int64(len(data)) {
 		t.Errorf("stats %+v", st)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
@@ -55,13 +56,13 @@ func tagPolicy(cfg config.Config) mirror.TagPolicy {
 }
 
 // newAdmin binds the admin socket and builds its server.
-func newAdmin(ctx context.Context, cfg config.Config, store *blobcache.Store, m *mirror.Handler) (net.Listener, *http.Server, error) {
+func newAdmin(ctx context.Context, cfg config.Config, store *blobcache.Store, m *mirror.Handler, counters *traffic.Counters) (net.Listener, *http.Server, error) {
 	ln, err := admin.Listen(ctx, cfg.Admin.Address)
 	if err != nil {
 		return nil, nil, err
 	}
 	srv := &http.Server{
-		Handler:           admin.New(store, m),
+		Handler:           admin.New(store, m, counters),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
@@ -73,6 +74,10 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		return nil, err
 	}
 	undo = append(undo, ops.close)
+	// Each request of either surface is observed once; that observation feeds the admin
+	// API's stats and the metrics alike.
+	counters := &traffic.Counters{}
+	observer := traffic.Observers{counters, ops.requestObserver()}
 
 	// The content socket comes next: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
@@ -81,7 +86,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		if err != nil {
 			return nil, fmt.Errorf("content socket %s (content.address): %w", cfg.Content.Address, err)
 		}
-		contentSvc, err = content.NewService(ctx, store, cln, ops.contentObserver())
+		contentSvc, err = content.NewService(ctx, store, cln, observer)
 		if err != nil {
 			cln.Close()
 			return nil, err
@@ -120,12 +125,13 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		AccessCheckTTL:    cfg.Upstream.PrivateAccessTTL.D(),
 		VerifyBeforeServe: cfg.Mirror.VerifyBeforeServe,
 		Tags:              tagPolicy(cfg),
+		Observer:          observer,
 	})
 	if err != nil {
 		return nil, err
 	}
 	srv := &http.Server{
-		Handler:           ops.instrumentMirror(handler),
+		Handler:           handler,
 		ReadHeaderTimeout: cfg.Mirror.ReadTimeout.D(),
 		// Requests are small; nothing legitimate needs more than this in headers.
 		MaxHeaderBytes: 64 << 10,
@@ -140,7 +146,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	}
 	undo = append(undo, dbg.close)
 
-	aln, asrv, err := newAdmin(ctx, cfg, store, handler)
+	aln, asrv, err := newAdmin(ctx, cfg, store, handler, counters)
 	if err != nil {
 		return nil, err
 	}
