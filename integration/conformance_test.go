@@ -136,11 +136,21 @@ func TestConformance(t *testing.T) {
 			"OCI_DATA_SHA512": "false",
 		})
 		reportConformance(t, "push+pull via front", res, "conformance push+pull workflows, writes to distribution v3.1.2, reads from the mirror")
+		// The reads were the mirror's: it answered tag lists, referrers and manifests.
+		fams := scrape(t, d)
+		for _, kind := range []string{"tags", "referrers", "manifest", "blob"} {
+			if n := metricValue(fams, "containerd_blobcache_requests_total", map[string]string{"surface": "mirror", "kind": kind}); n == 0 {
+				t.Errorf("the mirror answered no %s request", kind)
+			}
+		}
 	})
 }
 
 func reportConformance(t *testing.T, run string, res harness.ConformanceResult, what string) {
 	t.Helper()
+	if len(res.SkippedTests) > 0 {
+		t.Logf("conformance %s: tests the suite skipped as unsupported:\n%s", run, strings.Join(res.SkippedTests, "\n"))
+	}
 	writeMeasure(t, "conformance run=%q passed=%d failed=%d skipped=%d (%s)", run, res.Passed, res.Failed, res.Skipped, what)
 	if res.Failed > 0 || res.Passed == 0 {
 		t.Errorf("conformance %s: %d passed, %d failed:\n%s\n\nsuite summary:\n%s", run, res.Passed, res.Failed, strings.Join(res.FailedTests, "\n"), res.Output)

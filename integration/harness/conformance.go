@@ -35,6 +35,9 @@ type ConformanceResult struct {
 	Passed, Failed, Skipped int
 	// FailedTests are the full names of the failed tests with their messages.
 	FailedTests []string
+	// SkippedTests are the tests the suite skipped with a reason (an API it found
+	// unsupported), with the reason.
+	SkippedTests []string
 	// PassedTests are the full names of the passed tests (and of groups whose tests all passed).
 	PassedTests []string
 	// Output is the suite's summary on stdout.
@@ -103,10 +106,15 @@ func parseReport(out string) (ConformanceResult, error) {
 			switch status {
 			case "Pass":
 				res.PassedTests = append(res.PassedTests, name)
-			case "FAIL", "Error":
+			case "FAIL", "Error", "Skip":
 				// Only tests with their own errors (the lines after them start with "- ").
 				if i+1 < len(lines) && strings.HasPrefix(strings.TrimSpace(lines[i+1]), "- ") {
-					res.FailedTests = append(res.FailedTests, name+": "+truncate(strings.TrimPrefix(strings.TrimSpace(lines[i+1]), "- "), 400))
+					entry := name + ": " + truncate(strings.TrimPrefix(strings.TrimSpace(lines[i+1]), "- "), 400)
+					if status == "Skip" {
+						res.SkippedTests = append(res.SkippedTests, entry)
+					} else {
+						res.FailedTests = append(res.FailedTests, entry)
+					}
 				}
 			}
 			continue

@@ -637,7 +637,7 @@ func TestParseRange(t *testing.T) {
 		{"bytes=-0", 0, 0, false, true},
 		{"bytes=0-1,5-6", 0, 0, false, false},
 		{"items=0-1", 0, 0, false, false},
-		{"bytes=9-3", 0, 0, false, false},
+		{"bytes=9-3", 0, 0, false, true},
 		{"bytes=x-", 0, 0, false, false},
 		{"bytes=--1", 0, 0, false, false},
 	} {

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -53,6 +54,16 @@ func TestTagsListPassesThrough(t *testing.T) {
 	resp, body = fx.do(http.MethodGet, "/v2/app/tags/list", nil)
 	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != string(traffic.Stale) || !strings.Contains(string(body), `"a"`) {
 		t.Fatalf("registry down after a listing: %d %s %q, want the last answer, stale", resp.StatusCode, resp.Header.Get(traffic.ResultHeader), body)
+	}
+	// The last answer is kept per credentials: another client does not get it.
+	if resp, _ := fx.do(http.MethodGet, "/v2/app/tags/list", map[string]string{"Authorization": "Bearer other"}); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("registry down, another client's listing: %d, want 502", resp.StatusCode)
+	}
+	// Too old to serve: past max_staleness the client gets the failure.
+	fx.handler.tags.MaxStaleness = time.Hour
+	fx.clock.Add(int64(2 * time.Hour))
+	if resp, _ := fx.do(http.MethodGet, "/v2/app/tags/list", nil); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("registry down, listing older than max_staleness: %d, want 502", resp.StatusCode)
 	}
 }
 
