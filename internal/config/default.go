@@ -109,8 +109,8 @@ log_level = "info"
   access_flush_interval = "10s"
 
   # Freshness window per registry (glob pattern = duration), overriding tag_freshness; the
-  # longest matching pattern wins. Example: { "docker.io" = "1m" } to spare Docker Hub's
-  # rate limit, "0s" to always revalidate one registry.
+  # longest matching pattern wins. Example: { "registry.example.com" = "1m" } for a registry
+  # that limits or bills every request (HEADs included), "0s" to always revalidate one.
   registry_tag_freshness = {}
 
   # Tags that are revalidated upstream at every request, whatever their freshness. A
@@ -119,11 +119,13 @@ log_level = "info"
   always_revalidate = []
 
   # When a registry cannot be reached (or answers 429/5xx), the last known digest of a tag
-  # is served (marked stale) for at most this long after it was last fetched or revalidated.
+  # is served (marked stale) for at most this long after it was last fetched or revalidated;
+  # so is the last tags/list or referrers answer.
   max_staleness = "24h"
 
   # An upstream 404 for a manifest is remembered this long and answered from memory
-  # (per registry, repository, reference and credentials). "0s" turns it off.
+  # (per registry, repository, reference and credentials); for a tag only where its
+  # freshness window is above 0. "0s" turns it off.
   negative_ttl = "15s"
 
 [content]

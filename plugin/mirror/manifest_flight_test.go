@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
@@ -136,5 +137,20 @@ func TestDeletedTagIsGoneAtTheNextRequest(t *testing.T) {
 	fx.upstream.mu.Unlock()
 	if resp, _ := fx.do(http.MethodHead, "/v2/app/manifests/v1", nil); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("deleted tag: %d, want 404", resp.StatusCode)
+	}
+}
+
+// TestNewTagAfterA404IsSeenAtOnce: with tag_freshness 0 a 404 for a tag is not remembered:
+// the tag pushed right after is served at the next request (digests keep negative_ttl).
+func TestNewTagAfterA404IsSeenAtOnce(t *testing.T) {
+	fx := newFixture(t)
+	fx.handler.tagFreshness = 0
+	fx.handler.tags.NegativeTTL = time.Minute
+	if resp, _ := fx.do(http.MethodGet, "/v2/app/manifests/next", nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("missing tag: %d, want 404", resp.StatusCode)
+	}
+	fx.upstream.addManifest("next", []byte(`{"schemaVersion":2,"mediaType":"`+manifestType+`"}`))
+	if resp, _ := fx.do(http.MethodGet, "/v2/app/manifests/next", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("tag pushed after a 404: %d, want 200", resp.StatusCode)
 	}
 }
