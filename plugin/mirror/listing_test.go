@@ -12,6 +12,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
+	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
 // TestTagsListPassesThrough: tags/list goes upstream with n and last and the client's
@@ -108,5 +109,57 @@ func TestReferrersFromTagSchema(t *testing.T) {
 	resp, body = fx.do(http.MethodGet, "/v2/app/referrers/"+digest.FromString("alone").String(), nil)
 	if out := decode(body); resp.StatusCode != 200 || out.MediaType != ocispec.MediaTypeImageIndex || out.SchemaVersion != 2 || len(out.Manifests) != 0 {
 		t.Fatalf("no referrers: %d %q", resp.StatusCode, body)
+	}
+}
+
+// withDaemonCredentials rebuilds fx's handler over a resolver holding credentials for the
+// fake registry.
+func (fx *fixture) withDaemonCredentials(cred resolver.Credential) {
+	fx.t.Helper()
+	res, err := resolver.New(resolver.Options{
+		AllowedRegistries: []string{"127.0.0.1:*"}, PlainHTTP: []string{"127.0.0.1:*"}, AllowPrivateNetworks: []string{"127.0.0.1:*"},
+		DialTimeout: 2 * time.Second, ResponseHeaderTimeout: 5 * time.Second, StallTimeout: 5 * time.Second,
+		Credentials: resolver.Credentials{fx.upstream.host(): cred},
+	})
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	h, err := New(Options{Store: fx.store, Resolver: res, MaxManifestSize: 4 << 20, Now: fx.handler.now})
+	if err != nil {
+		fx.t.Fatal(err)
+	}
+	fx.handler = h
+}
+
+// TestListingWithDaemonCredentials: where the daemon holds credentials that are not
+// node_public, a listing goes upstream with the client's own credentials only, so the
+// registry decides; with node_public the daemon's credentials list for every client.
+func TestListingWithDaemonCredentials(t *testing.T) {
+	for _, nodePublic := range []bool{false, true} {
+		fx := newFixture(t)
+		fx.upstream.other = func(w http.ResponseWriter, r *http.Request) {
+			if user, pass, ok := r.BasicAuth(); !ok || user != "daemon" || pass != "secret" {
+				w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"name":"private","tags":["v1"]}`))
+		}
+		fx.withDaemonCredentials(resolver.Credential{Username: "daemon", Password: "secret", NodePublic: nodePublic})
+		want := http.StatusUnauthorized
+		if nodePublic {
+			want = http.StatusOK
+		}
+		paths := []string{"/v2/private/tags/list"}
+		if !nodePublic {
+			paths = append(paths, "/v2/private/referrers/"+digest.FromString("s").String())
+		}
+		for _, path := range paths {
+			resp, body := fx.do(http.MethodGet, path, nil)
+			if resp.StatusCode != want || (want == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "") {
+				t.Fatalf("node_public=%v %s without client credentials: %d %q, want %d", nodePublic, path, resp.StatusCode, body, want)
+			}
+		}
 	}
 }
