@@ -115,6 +115,7 @@ func New(opts Options) (*Resolver, error) {
 	// Without credentials the authenticator still fetches anonymous tokens (AuthAnonymous).
 	r.auth = newAuthenticator(opts.Credentials, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
 	r.auth.tokenFetched = opts.ObserveTokenFetch
+	r.auth.tokenHeader = http.Header{"User-Agent": {opts.UserAgent}}
 	return r, nil
 }
 
