@@ -204,13 +204,15 @@ type Request struct {
 	Method     string
 	Endpoint   Endpoint
 	Repository string
-	// Kind is "manifests" or "blobs".
+	// Kind is "manifests", "blobs", "tags" (Reference "list") or "referrers".
 	Kind      string
 	Reference string
 	// Header holds the client's headers; only those a registry needs are forwarded.
 	Header http.Header
 	// Range, when set, replaces the client's Range header ("bytes=N-").
 	Range string
+	// Query is sent as the URL's query (tags/list's n and last, referrers' artifactType).
+	Query url.Values
 	Auth  AuthMode
 }
 
@@ -236,14 +238,18 @@ func (r *Resolver) NodePublic(registry string) bool {
 // (it recently did not answer) is skipped without a request (ErrCircuitOpen). Transport
 // failures are wrapped around errdefs.ErrUnavailable.
 func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) {
-	if req.Kind != "manifests" && req.Kind != "blobs" {
+	switch req.Kind {
+	case "manifests", "blobs", "tags", "referrers":
+	default:
 		return nil, fmt.Errorf("kind %q: %w", req.Kind, errdefs.ErrInvalidArgument)
 	}
 	hosts, err := r.hostsFor(ctx, req.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
-	byTag := req.Kind == "manifests" && !strings.Contains(req.Reference, ":")
+	// What a tag points at, the tags and the referrers of a manifest change: only hosts
+	// with the resolve capability answer them.
+	byTag := (req.Kind == "manifests" && !strings.Contains(req.Reference, ":")) || req.Kind == "tags" || req.Kind == "referrers"
 	var usable []upstreamHost
 	for _, h := range hosts {
 		if (byTag && h.resolve) || (!byTag && h.pull) {
@@ -292,9 +298,14 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 		Host:   h.host,
 		Path:   h.path + "/" + req.Repository + "/" + req.Kind + "/" + req.Reference,
 	}
-	if h.mirror {
-		u.RawQuery = url.Values{"ns": {ep.Name}}.Encode()
+	query := url.Values{}
+	for k, v := range req.Query {
+		query[k] = v
 	}
+	if h.mirror {
+		query.Set("ns", ep.Name)
+	}
+	u.RawQuery = query.Encode()
 	ctx = context.WithValue(ctx, allowPrivateKey{}, h.allowPrivate)
 	ctx = withRegistry(ctx, ep.Name)
 

@@ -168,6 +168,7 @@ func TestBench(t *testing.T) {
 		{"herd", e.herd},
 		{"hot", e.hotBlobScenario},
 		{"manifest", e.manifestHits},
+		{"tag", e.manifestByTag},
 		{"startup", e.startup},
 	} {
 		if !cfg.enabled(sc.name) {

@@ -174,7 +174,7 @@ func Default() Config {
 			CircuitBreakerCooldown: Duration(30 * time.Second),
 		},
 		Store: StoreConfig{
-			TagFreshness: Duration(time.Minute),
+			TagFreshness: 0,
 			// containerd refuses manifests larger than 4 MiB; anything bigger is not worth keeping.
 			MaxManifestSize: 4 << 20,
 
@@ -281,7 +281,6 @@ func (c Config) Validate() error {
 		{"upstream.response_header_timeout", c.Upstream.ResponseHeaderTimeout},
 		{"upstream.stall_timeout", c.Upstream.StallTimeout},
 		{"upstream.private_access_ttl", c.Upstream.PrivateAccessTTL},
-		{"store.tag_freshness", c.Store.TagFreshness},
 		{"content.shutdown_timeout", c.Content.ShutdownTimeout},
 	} {
 		if d.v <= 0 {

@@ -115,9 +115,13 @@ log_level = "info"
   registry_proxies = {}
 
 [store]
-  # A tag is answered from the index for this long after it was fetched; after that it is
-  # revalidated upstream (a HEAD). Content addressed by digest never expires by time.
-  tag_freshness = "1m"
+  # How long a tag is answered from the index without asking the registry. "0s" (the
+  # default): every tag request is revalidated upstream with a HEAD (no manifest bytes move
+  # when the digest is unchanged; concurrent requests for one tag share one HEAD), so a
+  # re-pushed tag is seen at the next request. Longer saves those HEADs (registries with
+  # rate limits) at the cost of a re-push being seen up to this late. Content addressed by
+  # digest never expires by time.
+  tag_freshness = "0s"
 
   # Largest manifest accepted from a registry, in bytes (containerd refuses more than 4 MiB).
   max_manifest_size = 4194304
@@ -139,7 +143,8 @@ log_level = "info"
   access_flush_interval = "10s"
 
   # Freshness window per registry (glob pattern = duration), overriding tag_freshness; the
-  # longest matching pattern wins. Example: { "docker.io" = "10m", "*.internal" = "10s" }
+  # longest matching pattern wins. Example: { "registry.example.com" = "1m" } for a registry
+  # that limits or bills every request (HEADs included), "0s" to always revalidate one.
   registry_tag_freshness = {}
 
   # Tags that are revalidated upstream at every request, whatever their freshness. A
@@ -148,11 +153,13 @@ log_level = "info"
   always_revalidate = []
 
   # When a registry cannot be reached (or answers 429/5xx), the last known digest of a tag
-  # is served (marked stale) for at most this long after it was last fetched or revalidated.
+  # is served (marked stale) for at most this long after it was last fetched or revalidated;
+  # so is the last tags/list or referrers answer.
   max_staleness = "24h"
 
   # An upstream 404 for a manifest is remembered this long and answered from memory
-  # (per registry, repository, reference and credentials). "0s" turns it off.
+  # (per registry, repository, reference and credentials); for a tag only where its
+  # freshness window is above 0. "0s" turns it off.
   negative_ttl = "15s"
 
 [content]

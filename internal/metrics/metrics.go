@@ -61,7 +61,7 @@ func New(version string, store StoreStats) *Metrics {
 		Registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "requests_total",
-			Help: "Requests answered, by surface (mirror, content), kind (mirror: manifest, blob, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, bypass, stale, negative, error, none).",
+			Help: "Requests answered, by surface (mirror, content), kind (mirror: manifest, blob, tags, referrers, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, bypass, stale, negative, error, none).",
 		}, []string{"surface", "kind", "method", "result"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "request_duration_seconds",

@@ -18,7 +18,7 @@ type Request struct {
 	// Registry is the upstream registry a mirror request was for; empty when the request
 	// was refused before one was known, and for the content API.
 	Registry string
-	// Kind is a bounded label: for the mirror manifest, blob, ping or other; for the content
+	// Kind is a bounded label: for the mirror manifest, blob, tags, referrers, ping or other; for the content
 	// API the call (info, read, write...).
 	Kind string
 	// Method is GET, HEAD or other for the mirror, grpc for the content API.

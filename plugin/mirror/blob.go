@@ -27,11 +27,6 @@ import (
 
 func (h *Handler) serveBlob(q *request) {
 	ctx := q.r.Context()
-	if q.target.dgst.Algorithm() != digest.SHA256 {
-		// The store keeps sha256 only; anything else passes through.
-		h.bypass(q, "digest algorithm not stored")
-		return
-	}
 	if h.serveStored(q, q.target.dgst, traffic.Hit, false) {
 		return
 	}

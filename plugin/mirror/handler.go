@@ -6,10 +6,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
@@ -23,6 +25,8 @@ type Options struct {
 	Resolver *resolver.Resolver
 	// DefaultRegistry answers requests without ?ns=; empty refuses them.
 	DefaultRegistry string
+	// TagFreshness is how long a tag is served without revalidation; 0 revalidates every
+	// request.
 	TagFreshness    time.Duration
 	MaxManifestSize int64
 	// AccessCheckTTL is how long an upstream check of a client's right to read a private
@@ -55,6 +59,13 @@ type Handler struct {
 	tags     TagPolicy
 	negative negativeCache
 	observer traffic.Observer
+	// manifestFlights shares one upstream request per manifest (or tag revalidation) among
+	// concurrent identical requests (manifest_flight.go).
+	manifestFlights singleflight.Group
+	// manifestWaiters counts the requests waiting on a shared manifest request.
+	manifestWaiters atomic.Int64
+	// listings keeps the last tags/list and referrers answers for stale-if-error (listing.go).
+	listings listingCache
 }
 
 // New returns a Handler.
@@ -62,8 +73,8 @@ func New(opts Options) (*Handler, error) {
 	if opts.Store == nil || opts.Resolver == nil {
 		return nil, fmt.Errorf("mirror needs a store and a resolver: %w", errdefs.ErrInvalidArgument)
 	}
-	if opts.TagFreshness <= 0 || opts.MaxManifestSize <= 0 {
-		return nil, fmt.Errorf("mirror tag freshness and manifest size limit must be positive: %w", errdefs.ErrInvalidArgument)
+	if opts.TagFreshness < 0 || opts.MaxManifestSize <= 0 {
+		return nil, fmt.Errorf("mirror tag freshness must not be negative and the manifest size limit must be positive: %w", errdefs.ErrInvalidArgument)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -107,6 +118,11 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}()
 
 	if !h.route(q) {
+		return
+	}
+	if q.target.kind == kindTags || q.target.kind == kindReferrers {
+		// The registry checks the client's credentials on every listing itself.
+		h.serveListing(q)
 		return
 	}
 	if h.clientMustProve(q) && !h.checkAccess(q, string(q.target.kind), q.target.reference()) {
@@ -157,6 +173,10 @@ func requestKind(path string) string {
 		return "manifest"
 	case strings.Contains(path, "/blobs/"):
 		return "blob"
+	case strings.HasSuffix(path, "/tags/list"):
+		return "tags"
+	case strings.Contains(path, "/referrers/"):
+		return "referrers"
 	default:
 		return "other"
 	}

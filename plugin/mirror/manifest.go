@@ -1,7 +1,9 @@
 package mirror
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -63,20 +65,22 @@ func (h *Handler) serveManifest(q *request) {
 	h.revalidateTag(q, rec)
 }
 
-// revalidateTag asks upstream with a HEAD whether a stale tag still points at what the store
-// holds. If upstream cannot answer, the stored digest is served and marked stale.
+// revalidateTag asks upstream with a HEAD (one for all concurrent requests of the tag)
+// whether the tag still points at what the store holds: then the stored manifest is served
+// and no manifest bytes move. If upstream cannot answer, the stored digest is served and
+// marked stale, for at most store.max_staleness.
 func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 	ctx := q.r.Context()
-	resp, err := h.resolver.Do(ctx, q.upstream(http.MethodHead))
-	if err != nil || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
-		if resp != nil {
-			resp.Body.Close()
-		}
-		entry := log.G(ctx).WithFields(log.Fields{"ns": q.endpoint.Name, "repo": q.target.repo, "tag": q.target.tag, "digest": rec.Digest})
-		if err != nil {
-			entry = entry.WithError(err)
-		} else {
-			entry = entry.WithField("upstream_status", resp.StatusCode)
+	v, ok := h.shared(q, http.MethodHead, func(ctx context.Context) any { return h.checkTag(ctx, q, rec) })
+	if !ok {
+		return
+	}
+	check := v.(*tagCheck)
+	switch {
+	case check.unavailable != nil:
+		entry := log.G(ctx).WithFields(log.Fields{"ns": q.endpoint.Name, "repo": q.target.repo, "tag": q.target.tag, "digest": rec.Digest}).WithError(check.unavailable)
+		if check.upstreamStatus != 0 {
+			entry = entry.WithField("upstream_status", check.upstreamStatus)
 		}
 		if h.tooStale(rec.FetchedAt) {
 			entry.WithField("max_staleness", h.tags.MaxStaleness).Warn("upstream cannot revalidate tag and the stored digest is too old to serve")
@@ -89,89 +93,124 @@ func (h *Handler) revalidateTag(q *request, rec blobcache.TagRecord) {
 			return
 		}
 		h.fail(q, newAPIError(http.StatusBadGateway, "UNAVAILABLE", "upstream unavailable and manifest not stored"))
-		return
+	case check.status != nil:
+		check.status.write(q)
+	case check.digest == rec.Digest.String() && h.serveStored(q, rec.Digest, traffic.Hit, true):
+	default:
+		h.fetchManifest(q)
+	}
+}
+
+// checkTag is the revalidating HEAD, made once for every request sharing it.
+func (h *Handler) checkTag(ctx context.Context, q *request, rec blobcache.TagRecord) *tagCheck {
+	req := q.upstream(http.MethodHead)
+	req.Header = manifestHeader(q)
+	resp, err := h.resolver.Do(ctx, req)
+	if err != nil {
+		return &tagCheck{unavailable: err}
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		h.passManifestStatus(q, resp)
-		return
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
+		return &tagCheck{unavailable: errors.New("upstream cannot answer"), upstreamStatus: resp.StatusCode}
 	}
-	if resp.Header.Get("Docker-Content-Digest") == rec.Digest.String() {
+	if resp.StatusCode != http.StatusOK {
+		return &tagCheck{status: h.captureManifestStatus(q, resp)}
+	}
+	check := &tagCheck{digest: resp.Header.Get("Docker-Content-Digest")}
+	if check.digest == rec.Digest.String() {
 		rec.FetchedAt = h.now()
 		if err := h.store.PutTag(ctx, q.endpoint.Name, q.target.repo, q.target.tag, rec); err != nil {
 			log.G(ctx).WithError(err).Warn("cannot record tag revalidation")
 		}
-		if h.serveStored(q, rec.Digest, traffic.Hit, true) {
-			return
-		}
 	}
-	h.fetchManifest(q)
+	return check
 }
 
 // fetchManifest gets a manifest from upstream in full (manifests are small and must be
-// verified before a byte goes out), stores it and answers with it.
+// verified before a byte goes out; one GET for all concurrent requests), stores it and
+// answers with it.
 func (h *Handler) fetchManifest(q *request) {
-	ctx := q.r.Context()
-	resp, err := h.resolver.Do(ctx, q.upstream(http.MethodGet))
-	if err != nil {
-		h.upstreamFailed(q, err)
+	v, ok := h.shared(q, http.MethodGet, func(ctx context.Context) any { return h.getManifest(ctx, q) })
+	if !ok {
 		return
+	}
+	a := v.(*manifestAnswer)
+	switch {
+	case a.err != nil:
+		h.upstreamFailed(q, a.err)
+		return
+	case a.refused != nil:
+		h.fail(q, a.refused)
+		return
+	case a.status != nil:
+		a.status.write(q)
+		return
+	}
+	dgst := a.dgst
+	if q.target.tag == "" {
+		// Answer with the digest the client named.
+		dgst = q.target.dgst
+	}
+	hdr := q.w.Header()
+	hdr.Set("Content-Type", a.mediaType)
+	hdr.Set("Docker-Content-Digest", dgst.String())
+	hdr.Set("Content-Length", strconv.Itoa(len(a.body)))
+	hdr.Set("Etag", `"`+dgst.String()+`"`)
+	hdr.Set(traffic.ResultHeader, string(a.result))
+	q.w.result = a.result
+	q.w.WriteHeader(http.StatusOK)
+	if q.r.Method == http.MethodGet {
+		_, _ = q.w.Write(a.body)
+	}
+}
+
+// getManifest is the upstream GET of fetchManifest, made once for every request sharing it.
+func (h *Handler) getManifest(ctx context.Context, q *request) *manifestAnswer {
+	req := q.upstream(http.MethodGet)
+	req.Header = manifestHeader(q)
+	resp, err := h.resolver.Do(ctx, req)
+	if err != nil {
+		return &manifestAnswer{err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		h.passManifestStatus(q, resp)
-		return
+		return &manifestAnswer{status: h.captureManifestStatus(q, resp)}
 	}
 	if resp.ContentLength > h.maxManifestSize {
-		h.fail(q, newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", fmt.Sprintf("upstream manifest is %d bytes, over the %d-byte limit", resp.ContentLength, h.maxManifestSize)))
-		return
+		return &manifestAnswer{refused: newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", fmt.Sprintf("upstream manifest is %d bytes, over the %d-byte limit", resp.ContentLength, h.maxManifestSize))}
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, h.maxManifestSize+1))
 	if err != nil {
-		h.upstreamFailed(q, err)
-		return
+		return &manifestAnswer{err: err}
 	}
 	if int64(len(body)) > h.maxManifestSize {
-		h.fail(q, newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", fmt.Sprintf("upstream manifest is over the %d-byte limit", h.maxManifestSize)))
-		return
+		return &manifestAnswer{refused: newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", fmt.Sprintf("upstream manifest is over the %d-byte limit", h.maxManifestSize))}
 	}
 	if resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
-		h.fail(q, newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest is shorter than its Content-Length"))
-		return
+		return &manifestAnswer{refused: newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest is shorter than its Content-Length")}
 	}
-	dgst := digest.SHA256.FromBytes(body)
-	if q.target.tag == "" && q.target.dgst.Algorithm() != digest.SHA256 {
-		dgst = q.target.dgst.Algorithm().FromBytes(body)
+	// By digest, the manifest is verified and stored under the digest's own algorithm; by
+	// tag, under sha256 (the canonical digest of a tag's manifest), after checking the
+	// digest the registry claims, whatever its algorithm.
+	alg := digest.Canonical
+	if q.target.tag == "" {
+		alg = q.target.dgst.Algorithm()
 	}
+	dgst := alg.FromBytes(body)
 	if (q.target.tag == "" && dgst != q.target.dgst) || !claimMatches(resp.Header.Get("Docker-Content-Digest"), body) {
-		h.fail(q, newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest does not match its digest"))
-		return
+		return &manifestAnswer{refused: newAPIError(http.StatusBadGateway, "MANIFEST_INVALID", "upstream manifest does not match its digest")}
 	}
-	mediaType := manifestMediaType(resp.Header.Get("Content-Type"), body)
-
-	result := traffic.Miss
-	if dgst.Algorithm() != digest.SHA256 {
-		result = traffic.Bypass
-	} else if err := h.store.PutBlob(ctx, dgst, mediaType, q.source(), body); err != nil {
+	a := &manifestAnswer{body: body, dgst: dgst, mediaType: manifestMediaType(resp.Header.Get("Content-Type"), body), result: traffic.Miss}
+	if err := h.store.PutBlob(ctx, dgst, a.mediaType, q.source(), body); err != nil {
 		log.G(ctx).WithError(err).WithField("digest", dgst).Warn("cannot store manifest; serving it uncached")
-		result = traffic.Bypass
+		a.result = traffic.Bypass
 	} else if q.target.tag != "" {
-		rec := blobcache.TagRecord{Digest: dgst, MediaType: mediaType, Size: int64(len(body)), FetchedAt: h.now()}
+		rec := blobcache.TagRecord{Digest: dgst, MediaType: a.mediaType, Size: int64(len(body)), FetchedAt: h.now()}
 		if err := h.store.PutTag(ctx, q.endpoint.Name, q.target.repo, q.target.tag, rec); err != nil {
 			log.G(ctx).WithError(err).WithField("digest", dgst).Warn("cannot record tag")
 		}
 	}
-	hdr := q.w.Header()
-	hdr.Set("Content-Type", mediaType)
-	hdr.Set("Docker-Content-Digest", dgst.String())
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	hdr.Set("Etag", `"`+dgst.String()+`"`)
-	hdr.Set(traffic.ResultHeader, string(result))
-	q.w.result = result
-	q.w.WriteHeader(http.StatusOK)
-	if q.r.Method == http.MethodGet {
-		_, _ = q.w.Write(body)
-	}
+	return a
 }
 
 // claimMatches checks the digest a registry claims for a manifest, when it claims one.

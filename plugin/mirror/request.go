@@ -131,20 +131,26 @@ const maxNameLength = 255
 type kind string
 
 const (
-	kindManifest kind = "manifests"
-	kindBlob     kind = "blobs"
+	kindManifest  kind = "manifests"
+	kindBlob      kind = "blobs"
+	kindTags      kind = "tags"      // /v2/<name>/tags/list
+	kindReferrers kind = "referrers" // /v2/<name>/referrers/<digest>
 )
 
 // target is a parsed /v2/<name>/<kind>/<reference> path.
 type target struct {
 	kind kind
 	repo string
-	// tag is set for a manifest by tag; dgst for a blob or a manifest by digest.
+	// tag is set for a manifest by tag; dgst for a blob, a manifest by digest or the
+	// subject of referrers.
 	tag  string
 	dgst digest.Digest
 }
 
 func (t target) reference() string {
+	if t.kind == kindTags {
+		return "list"
+	}
 	if t.tag != "" {
 		return t.tag
 	}
@@ -157,8 +163,17 @@ func parseTarget(rest string) (target, *apiError) {
 	var t target
 	i := strings.LastIndex(rest, "/manifests/")
 	j := strings.LastIndex(rest, "/blobs/")
+	k := strings.LastIndex(rest, "/referrers/")
 	var ref string
 	switch {
+	case strings.HasSuffix(rest, "/tags/list") && i < 0 && j < 0 && k < 0:
+		t.kind, t.repo = kindTags, strings.TrimSuffix(rest, "/tags/list")
+		if len(t.repo) > maxNameLength || !anchoredName.MatchString(t.repo) {
+			return t, newAPIError(http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", truncate(t.repo)))
+		}
+		return t, nil
+	case k > i && k > j:
+		t.kind, t.repo, ref = kindReferrers, rest[:k], rest[k+len("/referrers/"):]
 	case i < 0 && j < 0:
 		return t, errNotFound("no such endpoint")
 	case i > j:
@@ -169,10 +184,10 @@ func parseTarget(rest string) (target, *apiError) {
 	if len(t.repo) > maxNameLength || !anchoredName.MatchString(t.repo) {
 		return t, newAPIError(http.StatusBadRequest, "NAME_INVALID", fmt.Sprintf("invalid repository name %q", truncate(t.repo)))
 	}
-	if t.kind == kindBlob || strings.Contains(ref, ":") {
-		d, err := digest.Parse(ref)
+	if t.kind != kindManifest || strings.Contains(ref, ":") {
+		d, err := parseDigest(ref)
 		if err != nil {
-			return t, newAPIError(http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("invalid digest %q", truncate(ref)))
+			return t, newAPIError(http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("invalid digest %q: %v", truncate(ref), err))
 		}
 		t.dgst = d
 		return t, nil
@@ -182,6 +197,19 @@ func parseTarget(rest string) (target, *apiError) {
 	}
 	t.tag = ref
 	return t, nil
+}
+
+// parseDigest accepts the digest algorithms the OCI image spec registers, sha256 and sha512:
+// anything else is refused before any upstream request, never fetched.
+func parseDigest(ref string) (digest.Digest, error) {
+	d, err := digest.Parse(ref)
+	if err != nil {
+		return "", err
+	}
+	if alg := d.Algorithm(); alg != digest.SHA256 && alg != digest.SHA512 {
+		return "", fmt.Errorf("algorithm %q is not one of sha256, sha512", truncate(alg.String()))
+	}
+	return d, nil
 }
 
 func truncate(s string) string {

@@ -86,7 +86,7 @@ var errRange = errors.New("range not satisfiable")
 // parseRange reads a single-range "bytes=" header against a blob of size bytes. It returns
 // ok=false when the header should be ignored (several ranges, another unit, bad syntax: RFC
 // 9110 lets a server answer those with the whole body) and an error when the range lies
-// outside the blob.
+// outside the blob or ends before it starts.
 func parseRange(header string, size int64) (start, length int64, ok bool, err error) {
 	spec, found := strings.CutPrefix(header, "bytes=")
 	if !found || strings.Contains(spec, ",") {
@@ -121,8 +121,13 @@ func parseRange(header string, size int64) (start, length int64, ok bool, err er
 	e := size - 1
 	if last != "" {
 		v, perr := strconv.ParseInt(last, 10, 64)
-		if perr != nil || v < s {
+		if perr != nil {
 			return 0, 0, false, nil
+		}
+		if v < s {
+			// An end before the start: 416, as http.ServeContent answers the same range
+			// on a hit, so that a miss and a hit agree.
+			return 0, 0, false, fmt.Errorf("range ends at %d before it starts at %d: %w", v, s, errRange)
 		}
 		if v < e {
 			e = v

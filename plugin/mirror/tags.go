@@ -122,9 +122,19 @@ func (c *negativeCache) forget(key string) {
 	c.mu.Unlock()
 }
 
+// negativeApplies reports whether 404s for this request are remembered: for a digest, and
+// for a tag only where tags may be served without asking the registry (a freshness window):
+// with tag_freshness 0 a tag pushed after a 404 is seen at the next request.
+func (h *Handler) negativeApplies(q *request) bool {
+	if h.tags.NegativeTTL <= 0 {
+		return false
+	}
+	return q.target.tag == "" || h.freshness(q.endpoint.Name) > 0
+}
+
 // serveNegative answers from a remembered 404, if there is one.
 func (h *Handler) serveNegative(q *request) bool {
-	if h.tags.NegativeTTL <= 0 {
+	if !h.negativeApplies(q) {
 		return false
 	}
 	se := h.negative.get(negativeKey(q), h.now())
@@ -135,12 +145,12 @@ func (h *Handler) serveNegative(q *request) bool {
 	return true
 }
 
-// passManifestStatus relays a non-200 upstream answer to a manifest request and remembers
-// a 404.
-func (h *Handler) passManifestStatus(q *request, resp *http.Response) {
+// captureManifestStatus keeps a non-200 upstream answer to a manifest request, to be
+// relayed, and remembers a 404.
+func (h *Handler) captureManifestStatus(q *request, resp *http.Response) *statusError {
 	se := captureStatus(resp)
-	if resp.StatusCode == http.StatusNotFound && h.tags.NegativeTTL > 0 {
+	if resp.StatusCode == http.StatusNotFound && h.negativeApplies(q) {
 		h.negative.put(negativeKey(q), se, h.now().Add(h.tags.NegativeTTL), h.now())
 	}
-	se.write(q)
+	return se
 }

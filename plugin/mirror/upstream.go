@@ -36,6 +36,11 @@ func (h *Handler) proxy(q *request, result traffic.Result, rng string) {
 		return
 	}
 	copyHeaders(q.w.Header(), resp.Header, "Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Docker-Content-Digest", "Etag")
+	if q.target.dgst != "" {
+		// The digest the client asked by: a registry may name the object by another
+		// algorithm's digest.
+		q.w.Header().Set("Docker-Content-Digest", q.target.dgst.String())
+	}
 	q.w.Header().Set(traffic.ResultHeader, string(result))
 	q.w.result = result
 	q.w.WriteHeader(resp.StatusCode)

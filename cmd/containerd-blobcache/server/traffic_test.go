@@ -130,8 +130,10 @@ func TestStatsAndMetricsAgreeOnEveryResult(t *testing.T) {
 	mirror("GET", "/v2/app/manifests/"+md.String(), withNS, 200, traffic.Hit)
 	mirror("HEAD", "/v2/app/blobs/"+bd.String(), withNS, 200, traffic.Bypass)
 	mirror("GET", "/v2/app/blobs/"+bd.String(), withNS, 200, traffic.Miss)
-	mirror("GET", "/v2/app/manifests/missing", withNS, 404, traffic.Bypass)
-	mirror("GET", "/v2/app/manifests/missing", withNS, 404, traffic.Negative)
+	// A missing digest (a missing tag's 404 is not remembered with tag_freshness 0).
+	missing := "/v2/app/manifests/" + digest.FromString("missing").String()
+	mirror("GET", missing, withNS, 404, traffic.Bypass)
+	mirror("GET", missing, withNS, 404, traffic.Negative)
 	up.down.Store(true)
 	mirror("GET", "/v2/app/manifests/v1", withNS, 200, traffic.Stale)
 	mirror("GET", "/v2/app/manifests/"+digest.FromString("not stored").String(), withNS, 502, traffic.Error)
