@@ -75,6 +75,8 @@ type DaemonConfig struct {
 	MetricsAddress string
 	// Extra is appended to the generated file verbatim (for options newer than this struct).
 	Extra string
+	// Env is added to the daemon process's environment ("PATH=...").
+	Env []string
 }
 
 // TOML renders the configuration file.
@@ -318,6 +320,9 @@ func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Crede
 	}
 	cmd := exec.Command(bin, "serve", "--config", d.ConfigPath)
 	cmd.Dir = dir
+	if len(cfg.Env) > 0 {
+		cmd.Env = append(os.Environ(), cfg.Env...)
+	}
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
