@@ -153,13 +153,18 @@ func Install(opts Options) (*Plan, error) {
 		}
 	}
 	p := &Plan{HostsDir: resolveHostsDir(opts, cfgText)}
+	// --fix comments registry.mirrors out: their endpoints go into hosts.toml after the cache.
+	var carried map[string][]string
+	if opts.Fix && cfgExists {
+		carried = mirrorEndpoints(cfgText, opts.MirrorURL)
+	}
 	for _, r := range opts.Registries {
 		path := filepath.Join(p.HostsDir, r, "hosts.toml")
 		before, existed, err := readOptional(path)
 		if err != nil {
 			return nil, err
 		}
-		after, err := installHosts(before, opts.MirrorURL)
+		after, err := installHosts(before, opts.MirrorURL, carried[r])
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
@@ -167,8 +172,16 @@ func Install(opts Options) (*Plan, error) {
 			p.Changes = append(p.Changes, FileChange{Path: path, Before: before, After: after, Existed: existed, Backup: backupFor(path, existed)})
 		}
 	}
+	if err := p.planRegistryHosts(opts, carried); err != nil {
+		return nil, err
+	}
 	if opts.ContainerdConfig == "" {
 		return p, nil
+	}
+	if opts.Mode == ModeProxy && cfgExists {
+		if note := contentStoreNote(cfgText); note != "" {
+			p.Notes = append(p.Notes, note)
+		}
 	}
 	if !cfgExists {
 		p.Notes = append(p.Notes, fmt.Sprintf("%s does not exist: containerd runs on its defaults, which set no config_path. Write it with `containerd config default > %s`, then run install again", opts.ContainerdConfig, opts.ContainerdConfig))
@@ -181,8 +194,10 @@ func Install(opts Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", opts.ContainerdConfig, err)
 	}
-	p.Findings = findings
-	p.Fixed = make([]bool, len(findings))
+	// The hosts findings come first in p.Findings; the config's follow from offset on.
+	offset := len(p.Findings)
+	p.Findings = append(p.Findings, findings...)
+	p.Fixed = append(p.Fixed, make([]bool, len(findings))...)
 	if !opts.Fix {
 		return p, nil
 	}
@@ -197,7 +212,7 @@ func Install(opts Options) (*Plan, error) {
 			continue
 		}
 		lines = next
-		p.Fixed[i] = true
+		p.Fixed[offset+i] = true
 	}
 	after := joinLines(lines)
 	// Every edit is checked by parsing the result and analysing it again.
@@ -207,7 +222,7 @@ func Install(opts Options) (*Plan, error) {
 	}
 	for _, f := range left {
 		for i, g := range findings {
-			if g.Problem == f.Problem && p.Fixed[i] {
+			if g.Problem == f.Problem && p.Fixed[offset+i] {
 				return nil, fmt.Errorf("%s: the edit did not fix %q; change it by hand", opts.ContainerdConfig, f.Problem)
 			}
 		}
@@ -246,7 +261,9 @@ func Uninstall(opts Options) (*Plan, error) {
 		}
 	}
 	p := &Plan{HostsDir: resolveHostsDir(opts, revertConfig(cfgText))}
-	for _, r := range opts.Registries {
+	// Every hosts.toml install wrote into, including those of other registries it gave the
+	// cache to or carried registry.mirrors into.
+	for _, r := range installedRegistries(p.HostsDir, opts.Registries) {
 		path := filepath.Join(p.HostsDir, r, "hosts.toml")
 		current, existed, err := readOptional(path)
 		if err != nil {
