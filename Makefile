@@ -19,12 +19,27 @@ FUZZ_TARGETS = \
 # every count; a duration is subject to the Go 1.26 race above.
 FUZZTIME    ?=
 
-.PHONY: all build run test unit integration tools vet fmt clean fuzz bench
+# `make image`: the daemon's OCI image as an oci-archive (bin/containerd-blobcache.oci.tar),
+# built without a container engine. Load it with `ctr -n k8s.io image import FILE`,
+# `skopeo copy oci-archive:FILE docker://REGISTRY/...` or `podman load -i FILE`.
+VERSION     ?= dev
+IMAGE       ?= ghcr.io/containerd-blobcache/containerd-blobcache:$(VERSION)
+IMAGE_ARCH  ?= $(shell $(GO) env GOARCH)
+
+.PHONY: all build run test unit integration tools vet fmt clean fuzz bench image
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/containerd-blobcache
+
+image:
+	@mkdir -p bin/image
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath \
+		-ldflags "-s -w -X github.com/containerd-blobcache/containerd-blobcache/internal/version.Version=$(VERSION)" \
+		-o bin/image/containerd-blobcache ./cmd/containerd-blobcache
+	$(GO) run ./hack/image --binary bin/image/containerd-blobcache --name $(IMAGE) --arch $(IMAGE_ARCH) \
+		--version $(VERSION) --out bin/containerd-blobcache.oci.tar
 
 # Runs the daemon on embedded defaults, with its state in a folder of the repo so that it
 # needs no root.
