@@ -26,7 +26,7 @@ VERSION     ?= dev
 IMAGE       ?= ghcr.io/containerd-blobcache/containerd-blobcache:$(VERSION)
 IMAGE_ARCH  ?= $(shell $(GO) env GOARCH)
 
-.PHONY: all build run test unit integration tools vet fmt clean fuzz bench image
+.PHONY: all build run test unit integration tools vet fmt clean fuzz bench image helm-test
 
 all: build
 
@@ -75,8 +75,13 @@ fuzz:
 
 # Every test: unit tests and the integration suite against a real containerd and registry,
 # and every fuzz target for its execution count.
-test: tools vet fuzz
+test: tools vet fuzz helm-test
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 50m ./...
+
+# The Helm chart rendered with the Helm library and checked against the binary; a Go module
+# of its own (contrib/helm/test/go.mod) so that Helm's dependencies stay out of go.mod.
+helm-test:
+	cd contrib/helm/test && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
 
 # Side-by-side benchmarks (docs/BENCHMARKS.md): containerd-blobcache against a direct pull,
 # distribution as a pull-through proxy and nginx, on loopback. Needs root. Prints one markdown
