@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -86,19 +85,6 @@ func writeFile(t *testing.T, path, body string) {
 	}
 }
 
-// manualClock is a clock the test moves.
-type manualClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *manualClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *manualClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 func newStore(t *testing.T, opts CredentialStoreOptions) *CredentialStore {
 	t.Helper()
 	s, err := NewCredentialStore(opts)
@@ -157,17 +143,17 @@ func TestCredentialHelperExpiryAndRefusal(t *testing.T) {
 	h := newFakeHelper(t, "rot", "reg.example", "u", "first")
 	cfg := filepath.Join(t.TempDir(), "config.json")
 	writeFile(t, cfg, `{"credHelpers":{"reg.example":"rot"}}`)
-	clock := &manualClock{now: time.Unix(1_700_000_000, 0)}
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	s := newStore(t, CredentialStoreOptions{DockerConfig: cfg, Path: h.dir, HelperTTL: time.Minute})
-	s.opts.now = clock.Now
+	s.opts.now = clock.now
 
 	first, _ := s.Lookup(ctx, "reg.example")
 	h.set(t, "u", "second")
-	clock.Add(59 * time.Second)
+	clock.add(59 * time.Second)
 	if c, _ := s.Lookup(ctx, "reg.example"); c.Password != "first" || len(h.asked(t)) != 1 {
 		t.Fatalf("within the TTL: %q after %d asks, want the cached answer", c.Password, len(h.asked(t)))
 	}
-	clock.Add(2 * time.Second)
+	clock.add(2 * time.Second)
 	if c, _ := s.Lookup(ctx, "reg.example"); c.Password != "second" || len(h.asked(t)) != 2 {
 		t.Fatalf("after the TTL: %q after %d asks, want the helper asked again", c.Password, len(h.asked(t)))
 	}

@@ -16,10 +16,10 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// readArchive unpacks an oci-archive into its files, checking every blob's digest.
-func readArchive(t *testing.T, data []byte) map[string][]byte {
+// untar reads a tar into its headers and bodies by name.
+func untar(t *testing.T, data []byte) (map[string]*tar.Header, map[string][]byte) {
 	t.Helper()
-	files := map[string][]byte{}
+	headers, bodies := map[string]*tar.Header{}, map[string][]byte{}
 	tr := tar.NewReader(bytes.NewReader(data))
 	for {
 		h, err := tr.Next()
@@ -33,8 +33,17 @@ func readArchive(t *testing.T, data []byte) map[string][]byte {
 		if err != nil {
 			t.Fatal(err)
 		}
-		files[h.Name] = b
-		if hex, ok := strings.CutPrefix(h.Name, "blobs/sha256/"); ok && hex != "" {
+		headers[h.Name], bodies[h.Name] = h, b
+	}
+	return headers, bodies
+}
+
+// readArchive unpacks an oci-archive into its files, checking every blob's digest.
+func readArchive(t *testing.T, data []byte) map[string][]byte {
+	t.Helper()
+	_, files := untar(t, data)
+	for name, b := range files {
+		if hex, ok := strings.CutPrefix(name, "blobs/sha256/"); ok && hex != "" {
 			if got := digest.FromBytes(b).Encoded(); got != hex {
 				t.Errorf("blob %s has digest %s", hex, got)
 			}
@@ -111,20 +120,7 @@ func TestBuildArchive(t *testing.T) {
 	if len(cfg.RootFS.DiffIDs) != 1 || digest.FromBytes(raw) != cfg.RootFS.DiffIDs[0] {
 		t.Fatalf("diff ID %v, uncompressed layer %s", cfg.RootFS.DiffIDs, digest.FromBytes(raw))
 	}
-	entries := map[string]*tar.Header{}
-	bodies := map[string][]byte{}
-	tr := tar.NewReader(bytes.NewReader(raw))
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		entries[h.Name] = h
-		bodies[h.Name], _ = io.ReadAll(tr)
-	}
+	entries, bodies := untar(t, raw)
 	if h := entries[BinaryPath[1:]]; h == nil || h.Mode != 0o755 || !bytes.Equal(bodies[BinaryPath[1:]], payload) {
 		t.Errorf("binary entry %+v", h)
 	}

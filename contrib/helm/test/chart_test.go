@@ -1,10 +1,6 @@
 package test
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,7 +10,6 @@ import (
 	"github.com/BurntSushi/toml"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	yamlutil "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -161,39 +156,12 @@ func readDaemonSetManifest(t *testing.T) (*appsv1.DaemonSet, *corev1.ConfigMap) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ds *appsv1.DaemonSet
-	var cm *corev1.ConfigMap
-	reader := yamlutil.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-	for {
-		doc, err := reader.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var meta struct {
-			Kind string `json:"kind"`
-		}
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "DaemonSet":
-			ds = &appsv1.DaemonSet{}
-			err = yaml.UnmarshalStrict(doc, ds)
-		case "ConfigMap":
-			cm = &corev1.ConfigMap{}
-			err = yaml.UnmarshalStrict(doc, cm)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if ds == nil || cm == nil {
+	var r rendered
+	r.decode(t, "daemonset.yaml", b)
+	if r.ds == nil || r.cm == nil {
 		t.Fatal("daemonset.yaml lacks the DaemonSet or the ConfigMap")
 	}
-	return ds, cm
+	return r.ds, r.cm
 }
 
 // The chart's defaults render today's DaemonSet (contrib/kubernetes/daemonset.yaml): the

@@ -36,6 +36,51 @@ type rendered struct {
 }
 
 // render runs the chart through Helm's engine as `helm template` does.
+// decode adds the YAML documents of one file to r. Kubernetes objects are decoded strictly:
+// a misspelt field in a template is an error, not a silently dropped key.
+func (r *rendered) decode(t *testing.T, name string, data []byte) {
+	t.Helper()
+	reader := yamlutil.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(bytes.TrimSpace(doc)) == 0 {
+			continue
+		}
+		var meta struct {
+			Kind string `json:"kind"`
+		}
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, doc)
+		}
+		r.manifests = append(r.manifests, meta.Kind)
+		switch meta.Kind {
+		case "DaemonSet":
+			r.ds = &appsv1.DaemonSet{}
+			err = yaml.UnmarshalStrict(doc, r.ds)
+		case "ConfigMap":
+			r.cm = &corev1.ConfigMap{}
+			err = yaml.UnmarshalStrict(doc, r.cm)
+		case "Service":
+			r.service = &corev1.Service{}
+			err = yaml.UnmarshalStrict(doc, r.service)
+		case "ServiceMonitor":
+			err = yaml.Unmarshal(doc, &r.monitor)
+		case "Namespace":
+		default:
+			t.Fatalf("%s renders an unexpected %s", name, meta.Kind)
+		}
+		if err != nil {
+			t.Fatalf("%s: %s: %v\n%s", name, meta.Kind, err, doc)
+		}
+	}
+}
+
 func render(t *testing.T, values map[string]any) (*rendered, error) {
 	t.Helper()
 	ch, err := loader.Load(chartDir)
@@ -57,47 +102,8 @@ func render(t *testing.T, values map[string]any) (*rendered, error) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if !strings.HasSuffix(name, ".yaml") {
-			continue
-		}
-		reader := yamlutil.NewYAMLReader(bufio.NewReader(strings.NewReader(files[name])))
-		for {
-			doc, err := reader.Read()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			if len(bytes.TrimSpace(doc)) == 0 {
-				continue
-			}
-			var meta struct {
-				Kind string `json:"kind"`
-			}
-			if err := yaml.Unmarshal(doc, &meta); err != nil {
-				t.Fatalf("%s: %v\n%s", name, err, doc)
-			}
-			r.manifests = append(r.manifests, meta.Kind)
-			// Strict: a misspelt field in a template is an error, not a silently dropped key.
-			switch meta.Kind {
-			case "DaemonSet":
-				r.ds = &appsv1.DaemonSet{}
-				err = yaml.UnmarshalStrict(doc, r.ds)
-			case "ConfigMap":
-				r.cm = &corev1.ConfigMap{}
-				err = yaml.UnmarshalStrict(doc, r.cm)
-			case "Service":
-				r.service = &corev1.Service{}
-				err = yaml.UnmarshalStrict(doc, r.service)
-			case "ServiceMonitor":
-				err = yaml.Unmarshal(doc, &r.monitor)
-			default:
-				t.Fatalf("%s renders an unexpected %s", name, meta.Kind)
-			}
-			if err != nil {
-				t.Fatalf("%s: %s: %v\n%s", name, meta.Kind, err, doc)
-			}
+		if strings.HasSuffix(name, ".yaml") {
+			r.decode(t, name, []byte(files[name]))
 		}
 	}
 	if r.ds == nil || r.cm == nil {
