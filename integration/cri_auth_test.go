@@ -14,32 +14,27 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
 )
 
-// criPuller pulls an image through containerd's CRI the way a kubelet (the CRI API with an
+// criPull pulls an image through containerd's CRI the way a kubelet (the CRI API with an
 // imagePullSecret's AuthConfig) or an operator (crictl pull --creds) does. Empty user: no
 // credentials.
-type criPuller struct {
-	name string
-	pull func(ctx context.Context, t *testing.T, c *harness.Containerd, image, user, pass string) error
+type criPull func(ctx context.Context, t *testing.T, c *harness.Containerd, image, user, pass string) error
+
+func criAPIPull(ctx context.Context, _ *testing.T, c *harness.Containerd, image, user, pass string) error {
+	var auth *runtime.AuthConfig
+	if user != "" {
+		auth = &runtime.AuthConfig{Username: user, Password: pass}
+	}
+	_, err := c.CRIPullAuthE(ctx, image, auth)
+	return err
 }
 
-func criAPIPuller() criPuller {
-	return criPuller{name: "cri-api", pull: func(ctx context.Context, _ *testing.T, c *harness.Containerd, image, user, pass string) error {
-		var auth *runtime.AuthConfig
-		if user != "" {
-			auth = &runtime.AuthConfig{Username: user, Password: pass}
-		}
-		_, err := c.CRIPullAuthE(ctx, image, auth)
-		return err
-	}}
-}
-
-// crictlPuller runs the real crictl binary (cri-tools) from the tools directory.
-func crictlPuller(t *testing.T) criPuller {
+// crictlPull runs the real crictl binary (cri-tools) from the tools directory.
+func crictlPull(t *testing.T) criPull {
 	crictl := filepath.Join(harness.Tools(t).Dir, "crictl")
 	if _, err := exec.LookPath(crictl); err != nil {
 		harness.Unavailable(t, "crictl not found in %s (cri-tools v1.37.0: `make tools`)", filepath.Dir(crictl))
 	}
-	return criPuller{name: "crictl", pull: func(ctx context.Context, t *testing.T, c *harness.Containerd, image, user, pass string) error {
+	return func(ctx context.Context, t *testing.T, c *harness.Containerd, image, user, pass string) error {
 		// Its own config file: crictl insists on one, and the machine's /etc/crictl.yaml is
 		// not read.
 		cfg := filepath.Join(t.TempDir(), "crictl.yaml")
@@ -56,7 +51,7 @@ func crictlPuller(t *testing.T) criPuller {
 			return fmt.Errorf("crictl pull: %v\n%s", err, out)
 		}
 		return nil
-	}}
+	}
 }
 
 // TestCRIPullPrivateImageWithCredentials: a private image on a token-auth registry, pulled
@@ -67,7 +62,14 @@ func crictlPuller(t *testing.T) criPuller {
 // of its blobs.
 func TestCRIPullPrivateImageWithCredentials(t *testing.T) {
 	e := newAuthEnv(t, false)
-	pullers := []criPuller{criAPIPuller(), crictlPuller(t)}
+	// crictl is looked for inside its own subtest: without it, the CRI API case still runs.
+	pullers := []struct {
+		name string
+		get  func(*testing.T) criPull
+	}{
+		{"cri-api", func(*testing.T) criPull { return criAPIPull }},
+		{"crictl", crictlPull},
+	}
 	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{HostsDir: e.hostsDir})
 	ref := harness.Ref(e.origin.proxy.Host, privateRepo, "v1")
 	private := append(e.private.Blobs(), e.private.Manifest)
@@ -75,10 +77,11 @@ func TestCRIPullPrivateImageWithCredentials(t *testing.T) {
 
 	for i, p := range pullers {
 		t.Run(p.name, func(t *testing.T) {
+			pull := p.get(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
 			e.origin.proxy.Reset()
-			if err := p.pull(ctx, t, ctrd, ref, authUser, authPassword); err != nil {
+			if err := pull(ctx, t, ctrd, ref, authUser, authPassword); err != nil {
 				t.Fatalf("pull with credentials: %v", err)
 			}
 			if i == 0 {
@@ -89,7 +92,7 @@ func TestCRIPullPrivateImageWithCredentials(t *testing.T) {
 			}
 			ctrd.RemoveImageAndContent(t, ns, ref)
 
-			if err := p.pull(ctx, t, ctrd, ref, "", ""); err == nil {
+			if err := pull(ctx, t, ctrd, ref, "", ""); err == nil {
 				t.Fatal("pull without credentials of the cached private image succeeded")
 			} else {
 				t.Logf("pull without credentials failed as it must: %v", firstLine(err.Error()))
