@@ -171,6 +171,39 @@ func TestCredentialsFileReload(t *testing.T) {
 	assertNoSecretIn(t, d, first, second)
 }
 
+// TestCredentialsFileChangeNoticed: without any signal, a rewritten credentials file is
+// picked up by the daemon's check of the file (upstream.credentials_reload_interval).
+func TestCredentialsFileChangeNoticed(t *testing.T) {
+	const first, second = "watch-Pa55-one", "watch-Pa55-two"
+	e := newRotationEnv(t, first)
+	credFile := filepath.Join(t.TempDir(), "credentials.toml")
+	entry := func(pw string) []byte {
+		return []byte(fmt.Sprintf("[registries.%q]\n  username = %q\n  password = %q\n  node_public = true\n", e.reg.Host, authUser, pw))
+	}
+	if err := os.WriteFile(credFile, entry(first), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := harness.StartDaemon(t, harness.DaemonConfig{
+		Registries:    []string{e.reg.Host},
+		UpstreamExtra: fmt.Sprintf("credentials_file = %q\ncredentials_reload_interval = \"100ms\"\n", credFile),
+	})
+	ctrd := harness.StartContainerd(t, harness.ContainerdOptions{HostsDir: e.hostsDir})
+	e.pullThroughDaemon(t, ctrd, d, 0)
+
+	e.ts.SetPassword(authUser, second)
+	// Replaced the way a Kubernetes Secret volume or an editor does: a new file renamed over.
+	tmp := credFile + ".new"
+	if err := os.WriteFile(tmp, entry(second), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, credFile); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, d, "credentials reloaded", 1)
+	e.pullThroughDaemon(t, ctrd, d, 1)
+	assertNoSecretIn(t, d, first, second)
+}
+
 func assertNoSecretIn(t *testing.T, d *harness.Daemon, secrets ...string) {
 	t.Helper()
 	data, err := os.ReadFile(d.Process.LogPath)
