@@ -23,12 +23,26 @@ FUZZTIME    ?=
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X github.com/containerd-blobcache/containerd-blobcache/internal/version.Version=$(VERSION)
 
-.PHONY: all build run test unit integration deps bench-deps tools vet fmt clean fuzz bench
+# `make image`: the daemon's OCI image as an oci-archive (bin/containerd-blobcache.oci.tar),
+# built without a container engine. Load it with `ctr -n k8s.io image import FILE`,
+# `skopeo copy oci-archive:FILE docker://REGISTRY/...` or `podman load -i FILE`.
+IMAGE       ?= ghcr.io/containerd-blobcache/containerd-blobcache:$(VERSION)
+IMAGE_ARCH  ?= $(shell $(GO) env GOARCH)
+
+.PHONY: all build run test unit integration deps bench-deps tools vet fmt clean fuzz bench image helm-test
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-blobcache
+
+image:
+	@mkdir -p bin/image
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath \
+		-ldflags "-s -w -X github.com/containerd-blobcache/containerd-blobcache/internal/version.Version=$(VERSION)" \
+		-o bin/image/containerd-blobcache ./cmd/containerd-blobcache
+	$(GO) run ./hack/image --binary bin/image/containerd-blobcache --name $(IMAGE) --arch $(IMAGE_ARCH) \
+		--version $(VERSION) --out bin/containerd-blobcache.oci.tar
 
 # Runs the daemon on embedded defaults, with its state in a folder of the repo so that it
 # needs no root.
@@ -73,8 +87,13 @@ fuzz:
 # Every test: unit tests and the integration suite against a real containerd and registry,
 # and every fuzz target for its execution count. It installs what it needs first: the Debian
 # packages (deps, as root) and the pinned tools.
-test: deps tools vet fuzz
+test: deps tools vet fuzz helm-test
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 50m ./...
+
+# The Helm chart rendered with the Helm library and checked against the binary; a Go module
+# of its own (contrib/helm/test/go.mod) so that Helm's dependencies stay out of go.mod.
+helm-test:
+	cd contrib/helm/test && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
 
 # Side-by-side benchmarks (docs/BENCHMARKS.md): containerd-blobcache against a direct pull,
 # distribution as a pull-through proxy and nginx, on loopback. Needs root. Prints one markdown

@@ -28,7 +28,7 @@ const maxTokenResponse = 1 << 20
 
 // authenticator answers registries' challenges with the daemon's own credentials.
 type authenticator struct {
-	creds  Credentials
+	creds  *CredentialStore
 	tokens *tokenCache
 	client *http.Client
 	// tokenRequests counts requests sent to token endpoints (tests read it).
@@ -44,7 +44,7 @@ type authenticator struct {
 	known map[string]auth.Challenge
 }
 
-func newAuthenticator(creds Credentials, client *http.Client, fetchTimeout time.Duration) *authenticator {
+func newAuthenticator(creds *CredentialStore, client *http.Client, fetchTimeout time.Duration) *authenticator {
 	return &authenticator{
 		creds:  creds,
 		tokens: newTokenCache(time.Now, fetchTimeout),
@@ -58,8 +58,7 @@ func (a *authenticator) credential(registry string) (Credential, bool) {
 	if a == nil {
 		return Credential{}, false
 	}
-	c, ok := a.creds[registry]
-	return c, ok && c.hasSecret()
+	return a.creds.Lookup(context.Background(), registry)
 }
 
 // authorization is the Authorization header value to send, and what to drop when the

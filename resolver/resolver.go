@@ -53,8 +53,10 @@ type Options struct {
 	// HostsDir is the daemon's own hosts.toml directory (containerd's certs.d layout); empty
 	// or missing: every registry is reached directly.
 	HostsDir string
-	// Credentials are the daemon's own credentials per registry.
-	Credentials Credentials
+	// CredentialStore holds the daemon's own credentials (files and helpers, reloadable);
+	// when nil, Credentials is used as a fixed set.
+	CredentialStore *CredentialStore
+	Credentials     Credentials
 	// Proxy is upstream.proxy: "" the ProxyEnvironment's choice, "direct" none, or a proxy
 	// URL for every registry.
 	Proxy string
@@ -138,7 +140,11 @@ func New(opts Options) (*Resolver, error) {
 		r.hosts = &hostsCache{dir: opts.HostsDir, entries: map[string]hostsEntry{}}
 	}
 	// Without credentials the authenticator still fetches anonymous tokens (AuthAnonymous).
-	r.auth = newAuthenticator(opts.Credentials, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
+	creds := opts.CredentialStore
+	if creds == nil {
+		creds = staticCredentialStore(opts.Credentials)
+	}
+	r.auth = newAuthenticator(creds, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
 	r.auth.tokenFetched = opts.ObserveTokenFetch
 	r.auth.tokenHeader = http.Header{"User-Agent": {opts.UserAgent}}
 	return r, nil
@@ -344,7 +350,16 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 				return resp, nil
 			}
 			challenged = true
-			next, aerr := r.auth.authorizeChallenge(ctx, ep.Name, h.host, cred, scope, ParseChallenges(resp.Header))
+			challenges := ParseChallenges(resp.Header)
+			next, aerr := r.auth.authorizeChallenge(ctx, ep.Name, h.host, cred, scope, challenges)
+			if req.Auth == AuthDefault && (aerr != nil || strings.HasPrefix(authz.value, "Basic ")) {
+				// The credential itself may be what was refused (rotated upstream): a
+				// credential helper is asked again, once per request.
+				if renewed, ok := r.auth.renewCredential(ctx, ep.Name, cred); ok {
+					cred = renewed
+					next, aerr = r.auth.authorizeChallenge(ctx, ep.Name, h.host, cred, scope, challenges)
+				}
+			}
 			if aerr != nil {
 				log.G(ctx).WithError(aerr).WithField("registry", ep.Name).Warn("cannot authenticate with the daemon's credentials")
 				return resp, nil

@@ -87,6 +87,14 @@ func (ts *TokenServer) Requests() (map[string]int, int) {
 	return out, ts.refused
 }
 
+// SetPassword changes (or adds) a user's password: tokens are refused for the old one from
+// now on (credential rotation).
+func (ts *TokenServer) SetPassword(user, password string) {
+	ts.mu.Lock()
+	ts.users[user] = password
+	ts.mu.Unlock()
+}
+
 // Reset clears the counts.
 func (ts *TokenServer) Reset() {
 	ts.mu.Lock()

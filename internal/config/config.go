@@ -101,8 +101,16 @@ type UpstreamConfig struct {
 	HostsDir string `toml:"hosts_dir"`
 	// CredentialsFile holds the daemon's own registry credentials (TOML, see README).
 	CredentialsFile string `toml:"credentials_file"`
-	// DockerConfig is a Docker config.json whose "auths" are read as credentials too.
+	// DockerConfig is a Docker config.json whose "auths", "credHelpers" and "credsStore" are
+	// read as credentials too.
 	DockerConfig string `toml:"docker_config"`
+	// CredentialHelperTimeout bounds one run of a docker-credential-* helper.
+	CredentialHelperTimeout Duration `toml:"credential_helper_timeout"`
+	// CredentialHelperTTL is how long a helper's answer is used before it is asked again.
+	CredentialHelperTTL Duration `toml:"credential_helper_ttl"`
+	// CredentialsReloadInterval is how often the two credential files are checked for a
+	// change (0 disables; SIGHUP always reloads).
+	CredentialsReloadInterval Duration `toml:"credentials_reload_interval"`
 	// PrivateAccessTTL is how long a client's upstream-checked right to read a private
 	// object is remembered.
 	PrivateAccessTTL Duration `toml:"private_access_ttl"`
@@ -172,6 +180,11 @@ func Default() Config {
 			// Long enough that a pull (a few dozen requests over seconds) pays one timeout,
 			// short enough that a registry back up is used again soon.
 			CircuitBreakerCooldown: Duration(30 * time.Second),
+			// The helper protocol says nothing of expiry: a few minutes keeps rotated
+			// credentials (ECR: 12 h) fresh at one helper run per registry per TTL.
+			CredentialHelperTimeout:   Duration(10 * time.Second),
+			CredentialHelperTTL:       Duration(5 * time.Minute),
+			CredentialsReloadInterval: Duration(10 * time.Second),
 		},
 		Store: StoreConfig{
 			TagFreshness: 0,
@@ -281,11 +294,16 @@ func (c Config) Validate() error {
 		{"upstream.response_header_timeout", c.Upstream.ResponseHeaderTimeout},
 		{"upstream.stall_timeout", c.Upstream.StallTimeout},
 		{"upstream.private_access_ttl", c.Upstream.PrivateAccessTTL},
+		{"upstream.credential_helper_timeout", c.Upstream.CredentialHelperTimeout},
+		{"upstream.credential_helper_ttl", c.Upstream.CredentialHelperTTL},
 		{"content.shutdown_timeout", c.Content.ShutdownTimeout},
 	} {
 		if d.v <= 0 {
 			return bad(d.key, "must be a positive duration such as \"5s\"")
 		}
+	}
+	if c.Upstream.CredentialsReloadInterval < 0 {
+		return bad("upstream.credentials_reload_interval", "must not be negative (0 disables the check)")
 	}
 	for _, list := range []struct {
 		key  string

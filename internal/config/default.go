@@ -89,8 +89,24 @@ log_level = "info"
   # itself. Empty: none; clients' own credentials pass through.
   credentials_file = ""
 
-  # A Docker config.json whose "auths" are read as credentials too (credentials_file wins).
+  # A Docker config.json read for credentials too: its "auths", and its credential helpers
+  # ("credHelpers" per registry, else "credsStore"), which run docker-credential-<name> get
+  # from the daemon's PATH. A registry's credentials_file entry wins over both; a helper's
+  # answer wins over "auths".
   docker_config = ""
+
+  # Time one credential helper run may take; past it the helper is killed and the registry is
+  # reached without its credential (the failure is remembered for 15 s).
+  credential_helper_timeout = "10s"
+
+  # How long a helper's answer is used. The helper protocol carries no expiry; the answer is
+  # also dropped, and the helper asked again once, when the registry refuses it (a 401).
+  credential_helper_ttl = "5m"
+
+  # How often credentials_file and docker_config are checked for a change (time, size, inode;
+  # a Kubernetes Secret's symlink swap counts). A changed file is reloaded; one that does not
+  # parse keeps the credentials in use and is logged. SIGHUP reloads at once. "0s": no checks.
+  credentials_reload_interval = "10s"
 
   # A cached object obtained only with credentials is served to a client only after the
   # client's own credentials were accepted upstream for that repository and object (a

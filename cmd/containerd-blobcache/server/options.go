@@ -49,6 +49,16 @@ func resolverOptions(c config.UpstreamConfig) resolver.Options {
 	}
 }
 
+// credentialStoreOptions are the credential files and helper settings from the config.
+func credentialStoreOptions(c config.UpstreamConfig) resolver.CredentialStoreOptions {
+	return resolver.CredentialStoreOptions{
+		CredentialsFile: c.CredentialsFile,
+		DockerConfig:    c.DockerConfig,
+		HelperTimeout:   c.CredentialHelperTimeout.D(),
+		HelperTTL:       c.CredentialHelperTTL.D(),
+	}
+}
+
 // tagPolicy is the mirror's tag policy from the config.
 func tagPolicy(cfg config.Config) mirror.TagPolicy {
 	st := cfg.Store

@@ -43,6 +43,8 @@ type Server struct {
 	// admin is the admin API (plugin/admin) on its unix socket.
 	adminListener net.Listener
 	adminServer   *http.Server
+	// creds are reloaded on SIGHUP and when their files change (reload.go).
+	creds *resolver.CredentialStore
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -119,10 +121,11 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	opts.SelfAddresses = []string{ln.Addr().String()}
 	// Read once: the environment of the process at start, as http.ProxyFromEnvironment.
 	opts.ProxyEnvironment = httpproxy.FromEnvironment()
-	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
+	creds, err := resolver.NewCredentialStore(credentialStoreOptions(cfg.Upstream))
 	if err != nil {
 		return nil, err
 	}
+	opts.CredentialStore = creds
 	if ops != nil {
 		opts.ObserveUpstream = ops.metrics.UpstreamResponded
 		opts.ObserveTokenFetch = ops.metrics.TokenFetched
@@ -168,7 +171,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, containerd: containerdConn, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, containerd: containerdConn, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv, creds: creds}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -209,6 +212,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	log.G(ctx).WithFields(fields).Info("containerd-blobcache serving")
 	go s.debug.serve(ctx)
 	defer s.debug.close()
+	stopReload := s.reloadCredentials(ctx)
+	defer stopReload()
 	// Every listener was bound in New and is being served: connections are accepted.
 	s.ready(ctx)
 
