@@ -27,11 +27,14 @@ import (
 // sent half, then the rest once hold is closed.
 type blobRegistry struct {
 	blobs map[digest.Digest][]byte
+	// token, when set, is the only Authorization the registry accepts.
+	token string
 
-	mu    sync.Mutex
-	gets  map[digest.Digest]int
-	asked chan digest.Digest
-	hold  map[digest.Digest]chan struct{}
+	mu     sync.Mutex
+	gets   map[digest.Digest]int
+	ranges []string
+	asked  chan digest.Digest
+	hold   map[digest.Digest]chan struct{}
 }
 
 func (u *blobRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -41,11 +44,28 @@ func (u *blobRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	if u.token != "" && r.Header.Get("Authorization") != u.token {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://auth.invalid/token"`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
 	u.mu.Lock()
 	if r.Method == http.MethodGet {
 		u.gets[d]++
 	}
 	hold := u.hold[d]
+	if rng := r.Header.Get("Range"); rng != "" {
+		u.ranges = append(u.ranges, rng)
+		var from int
+		if _, err := fmt.Sscanf(rng, "bytes=%d-", &from); err == nil && from < len(body) {
+			u.mu.Unlock()
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)-from))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(body[from:])
+			return
+		}
+	}
 	u.mu.Unlock()
 	if u.asked != nil && r.Method == http.MethodGet {
 		u.asked <- d
@@ -89,48 +109,54 @@ type peerNode struct {
 }
 
 // startPeerNodes starts one daemon per peer address, all listing all of them, sharing the
-// key in keyFile, with upstream as their registry.
-func startPeerNodes(t *testing.T, upstream string, peers []string, keyFile string) []*peerNode {
+// key in keyFile.
+func startPeerNodes(t *testing.T, peers []string, keyFile string) []*peerNode {
 	t.Helper()
 	var nodes []*peerNode
-	for i, addr := range peers {
-		sockDir, err := os.MkdirTemp("", "bc-peer-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(sockDir) })
-		cfg := config.Default()
-		cfg.Root = t.TempDir()
-		cfg.Mirror.Address = "127.0.0.1:0"
-		cfg.Metrics.Address = "127.0.0.1:0"
-		cfg.Admin.Address = filepath.Join(sockDir, "admin.sock")
-		cfg.Upstream.AllowedRegistries = []string{"127.0.0.1:*"}
-		cfg.Upstream.PlainHTTP = []string{"127.0.0.1:*"}
-		cfg.Upstream.AllowPrivateNetworks = []string{"127.0.0.1:*"}
-		cfg.Peer.Enabled = true
-		cfg.Peer.Listen = addr
-		cfg.Peer.StaticPeers = peers
-		cfg.Peer.KeyFile = keyFile
-		// Generous under the race detector: this test is about sharing, not about timeouts.
-		cfg.Peer.StallTimeout = config.Duration(10 * time.Second)
-		cfg.Peer.ConnectTimeout = config.Duration(2 * time.Second)
-		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg)
-		if err != nil {
-			cancel()
-			t.Fatalf("node %d: %v", i, err)
-		}
-		served := make(chan error, 1)
-		go func() { served <- srv.Serve(ctx) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-served; err != nil {
-				t.Errorf("node %d Serve: %v", i, err)
-			}
-		})
-		nodes = append(nodes, &peerNode{srv: srv, peer: srv.PeerAddress()})
+	for _, addr := range peers {
+		// Generous under the race detector: these tests are about sharing, not timeouts.
+		nodes = append(nodes, startPeerNode(t, addr, peers, keyFile, 10*time.Second))
 	}
 	return nodes
+}
+
+// startPeerNode starts a daemon whose peer listener is on addr, with the peer list peers.
+func startPeerNode(t *testing.T, addr string, peers []string, keyFile string, stall time.Duration) *peerNode {
+	t.Helper()
+	sockDir, err := os.MkdirTemp("", "bc-peer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	cfg := config.Default()
+	cfg.Root = t.TempDir()
+	cfg.Mirror.Address = "127.0.0.1:0"
+	cfg.Metrics.Address = "127.0.0.1:0"
+	cfg.Admin.Address = filepath.Join(sockDir, "admin.sock")
+	cfg.Upstream.AllowedRegistries = []string{"127.0.0.1:*"}
+	cfg.Upstream.PlainHTTP = []string{"127.0.0.1:*"}
+	cfg.Upstream.AllowPrivateNetworks = []string{"127.0.0.1:*"}
+	cfg.Peer.Enabled = true
+	cfg.Peer.Listen = addr
+	cfg.Peer.StaticPeers = peers
+	cfg.Peer.KeyFile = keyFile
+	cfg.Peer.StallTimeout = config.Duration(stall)
+	cfg.Peer.ConnectTimeout = config.Duration(2 * time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("node %s: %v", addr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("node %s Serve: %v", addr, err)
+		}
+	})
+	return &peerNode{srv: srv, peer: srv.PeerAddress()}
 }
 
 func writeKey(t *testing.T) string {
@@ -204,7 +230,7 @@ func TestTwoNodesShareBlobs(t *testing.T) {
 	reg := httptest.NewServer(up)
 	defer reg.Close()
 	ns := strings.TrimPrefix(reg.URL, "http://")
-	nodes := startPeerNodes(t, ns, peers, writeKey(t))
+	nodes := startPeerNodes(t, peers, writeKey(t))
 
 	for i, asker := range nodes {
 		owner := nodes[1-i]
@@ -260,7 +286,7 @@ func TestTwoNodesColdAtOnceFetchOnce(t *testing.T) {
 	defer reg.Close()
 	defer close(release)
 	ns := strings.TrimPrefix(reg.URL, "http://")
-	nodes := startPeerNodes(t, ns, peers, writeKey(t))
+	nodes := startPeerNodes(t, peers, writeKey(t))
 
 	type answer struct {
 		body   []byte
