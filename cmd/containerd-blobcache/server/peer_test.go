@@ -267,6 +267,22 @@ func TestTwoNodesShareBlobs(t *testing.T) {
 	if states[peers[0]] != "self" || states[peers[1]] != "up" {
 		t.Fatalf("peers in stats: %v", st.Peers)
 	}
+
+	// /metrics agrees: bytes by source, peers by state, fetch outcomes.
+	fams := scrapeMetrics(t, http.DefaultClient, "http://"+nodes[0].srv.MetricsAddress()+"/metrics")
+	if got := familySum(fams, "containerd_blobcache_served_bytes_total", map[string]string{"surface": "mirror", "source": "peer"}); got != 2*300<<10 {
+		t.Errorf("served_bytes_total{source=peer} = %v, want %d", got, 2*300<<10)
+	}
+	if got := familySum(fams, "containerd_blobcache_peer_fetches_total", map[string]string{"outcome": "served"}); got != 2 {
+		t.Errorf("peer_fetches_total{outcome=served} = %v, want 2", got)
+	}
+	gauge := map[string]float64{}
+	for _, m := range fams["containerd_blobcache_peers"].GetMetric() {
+		gauge[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+	}
+	if gauge["self"] != 1 || gauge["up"] != 1 || gauge["down"] != 0 {
+		t.Errorf("containerd_blobcache_peers by state: %v", gauge)
+	}
 }
 
 // Both nodes want the same cold blob at once: the owner fetches it from the registry once
