@@ -55,6 +55,18 @@ func TestFailingPeerFallsBackToRegistry(t *testing.T) {
 		return up.blobs[digest.Digest(r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:])]
 	}
 
+	// sendThird answers with the blob's length and its first third, then does then.
+	sendThird := func(then func()) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			b := blobOf(r)
+			w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(b[:len(b)/3])
+			w.(http.Flusher).Flush()
+			then()
+		}
+	}
+
 	cases := []struct {
 		name string
 		peer func() string
@@ -98,24 +110,10 @@ func TestFailingPeerFallsBackToRegistry(t *testing.T) {
 			})
 		}},
 		{name: "stalls mid-body", resumed: true, peer: func() string {
-			return signedPeer(auth, func(w http.ResponseWriter, r *http.Request) {
-				b := blobOf(r)
-				w.Header().Set("Content-Length", fmt.Sprint(len(b)))
-				w.WriteHeader(http.StatusOK)
-				w.Write(b[:len(b)/3])
-				w.(http.Flusher).Flush()
-				<-stop
-			})
+			return signedPeer(auth, sendThird(func() { <-stop }))
 		}},
 		{name: "cuts the connection mid-body", resumed: true, peer: func() string {
-			return signedPeer(auth, func(w http.ResponseWriter, r *http.Request) {
-				b := blobOf(r)
-				w.Header().Set("Content-Length", fmt.Sprint(len(b)))
-				w.WriteHeader(http.StatusOK)
-				w.Write(b[:len(b)/3])
-				w.(http.Flusher).Flush()
-				panic(http.ErrAbortHandler)
-			})
+			return signedPeer(auth, sendThird(func() { panic(http.ErrAbortHandler) }))
 		}},
 	}
 	reg := httptest.NewServer(up)
