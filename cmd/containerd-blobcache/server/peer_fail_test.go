@@ -138,7 +138,7 @@ func TestFailingPeerFallsBackToRegistry(t *testing.T) {
 			up.blobs[d] = b
 			up.ranges = nil
 			up.mu.Unlock()
-			node := startPeerNode(t, self, []string{self, peerAddr}, keyFile, 300*time.Millisecond)
+			node := startPeerNode(t, self, []string{self, peerAddr}, withKey(keyFile), 300*time.Millisecond)
 
 			got, result := getBlob(t, node.srv.MirrorAddress(), ns, d)
 			if !bytes.Equal(got, b) {
@@ -185,7 +185,7 @@ func TestPrivateBlobNeedsTheClientsRight(t *testing.T) {
 	reg := httptest.NewServer(up)
 	defer reg.Close()
 	ns := strings.TrimPrefix(reg.URL, "http://")
-	nodes := startPeerNodes(t, peers, writeKey(t))
+	nodes := startPeerNodes(t, peers, withKey(writeKey(t)))
 	asker, owner := nodes[0], nodes[1]
 
 	get := func(n *peerNode, cred string) (int, []byte, string) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/cluster"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/testpki"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
@@ -108,20 +109,25 @@ type peerNode struct {
 	peer string
 }
 
-// startPeerNodes starts one daemon per peer address, all listing all of them, sharing the
-// key in keyFile.
-func startPeerNodes(t *testing.T, peers []string, keyFile string) []*peerNode {
+// startPeerNodes starts one daemon per peer address, all listing all of them, with the
+// peer credentials auth sets.
+func startPeerNodes(t *testing.T, peers []string, auth func(*config.PeerConfig)) []*peerNode {
 	t.Helper()
 	var nodes []*peerNode
 	for _, addr := range peers {
 		// Generous under the race detector: these tests are about sharing, not timeouts.
-		nodes = append(nodes, startPeerNode(t, addr, peers, keyFile, 10*time.Second))
+		nodes = append(nodes, startPeerNode(t, addr, peers, auth, 10*time.Second))
 	}
 	return nodes
 }
 
+// withKey sets the shared key file.
+func withKey(keyFile string) func(*config.PeerConfig) {
+	return func(p *config.PeerConfig) { p.KeyFile = keyFile }
+}
+
 // startPeerNode starts a daemon whose peer listener is on addr, with the peer list peers.
-func startPeerNode(t *testing.T, addr string, peers []string, keyFile string, stall time.Duration) *peerNode {
+func startPeerNode(t *testing.T, addr string, peers []string, auth func(*config.PeerConfig), stall time.Duration) *peerNode {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "bc-peer-")
 	if err != nil {
@@ -139,7 +145,7 @@ func startPeerNode(t *testing.T, addr string, peers []string, keyFile string, st
 	cfg.Peer.Enabled = true
 	cfg.Peer.Listen = addr
 	cfg.Peer.StaticPeers = peers
-	cfg.Peer.KeyFile = keyFile
+	auth(&cfg.Peer)
 	cfg.Peer.StallTimeout = config.Duration(stall)
 	cfg.Peer.ConnectTimeout = config.Duration(2 * time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -230,7 +236,7 @@ func TestTwoNodesShareBlobs(t *testing.T) {
 	reg := httptest.NewServer(up)
 	defer reg.Close()
 	ns := strings.TrimPrefix(reg.URL, "http://")
-	nodes := startPeerNodes(t, peers, writeKey(t))
+	nodes := startPeerNodes(t, peers, withKey(writeKey(t)))
 
 	for i, asker := range nodes {
 		owner := nodes[1-i]
@@ -302,7 +308,7 @@ func TestTwoNodesColdAtOnceFetchOnce(t *testing.T) {
 	defer reg.Close()
 	defer close(release)
 	ns := strings.TrimPrefix(reg.URL, "http://")
-	nodes := startPeerNodes(t, peers, writeKey(t))
+	nodes := startPeerNodes(t, peers, withKey(writeKey(t)))
 
 	type answer struct {
 		body   []byte
@@ -344,5 +350,38 @@ func TestTwoNodesColdAtOnceFetchOnce(t *testing.T) {
 	}
 	if n := up.count(d); n != 1 {
 		t.Fatalf("registry served the blob %d times, want once", n)
+	}
+}
+
+// The tier over mutual TLS alone, and with the key as well: a blob owned by the other node
+// comes from it, and the registry serves it once.
+func TestTwoNodesShareOverTLS(t *testing.T) {
+	files, err := testpki.Write(t.TempDir(), net.ParseIP("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := writeKey(t)
+	for _, c := range []struct {
+		name string
+		key  string
+	}{{"tls", ""}, {"tls and key", keyFile}} {
+		t.Run(c.name, func(t *testing.T) {
+			peers := []string{freePort(t), freePort(t)}
+			b := blobsOwnedBy(peers, 1, 200<<10)[peers[1]][0]
+			d := digest.FromBytes(b)
+			up := &blobRegistry{blobs: map[digest.Digest][]byte{d: b}, gets: map[digest.Digest]int{}}
+			reg := httptest.NewServer(up)
+			defer reg.Close()
+			ns := strings.TrimPrefix(reg.URL, "http://")
+			nodes := startPeerNodes(t, peers, func(p *config.PeerConfig) {
+				p.TLSCertFile, p.TLSKeyFile, p.TLSCAFile, p.KeyFile = files.Cert, files.Key, files.CA, c.key
+			})
+			if got, res := getBlob(t, nodes[0].srv.MirrorAddress(), ns, d); !bytes.Equal(got, b) || res != string(traffic.Peer) {
+				t.Fatalf("result %q, want %q", res, traffic.Peer)
+			}
+			if n := up.count(d); n != 1 {
+				t.Fatalf("registry served the blob %d times", n)
+			}
+		})
 	}
 }
