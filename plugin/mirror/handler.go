@@ -40,6 +40,8 @@ type Options struct {
 	// Observer is told about every request once it is answered (the admin API's counters
 	// and the metrics); nil observes nothing.
 	Observer traffic.Observer
+	// Peers, when set, is asked for a blob on a local miss before the registry (peers.go).
+	Peers Peers
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -52,6 +54,7 @@ type Handler struct {
 	tagFreshness    time.Duration
 	maxManifestSize int64
 	verifyFirst     bool
+	peers           Peers
 	now             func() time.Time
 	access          *accessCache
 	// probes holds the anonymous probes in flight (see probePublic), one per object.
@@ -93,6 +96,7 @@ func New(opts Options) (*Handler, error) {
 		access:          newAccessCache(opts.AccessCheckTTL, opts.Now),
 		tags:            opts.Tags,
 		observer:        opts.Observer,
+		peers:           opts.Peers,
 	}, nil
 }
 
