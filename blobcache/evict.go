@@ -53,6 +53,8 @@ func (s *Store) background(ctx context.Context) {
 	defer flush.Stop()
 	retry := time.NewTicker(s.opts.EvictRetryInterval)
 	defer retry.Stop()
+	idle := time.NewTicker(readerIdle / 2)
+	defer idle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -65,6 +67,8 @@ func (s *Store) background(ctx context.Context) {
 			s.autoEvict(ctx)
 		case <-retry.C:
 			s.autoEvict(ctx)
+		case now := <-idle.C:
+			s.readers.closeIdle(now.Add(-readerIdle))
 		}
 	}
 }
@@ -262,6 +266,8 @@ func (s *Store) beingRemoved(dgst digest.Digest) bool {
 // recently used.
 func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest, skipRecent bool) (EvictResult, error) {
 	var res EvictResult
+	// Shared readers nobody is using keep their blob pinned only as a cache: let them go.
+	s.readers.drop(dgsts)
 	s.mu.Lock()
 	take := make([]digest.Digest, 0, len(dgsts))
 	for _, d := range dgsts {

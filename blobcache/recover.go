@@ -244,6 +244,7 @@ func (s *Store) verifyOpened(ctx context.Context, f *os.File, dgst digest.Digest
 
 // quarantine moves the file of dgst into root/quarantine and drops its record and tags.
 func (s *Store) quarantine(dgst digest.Digest) error {
+	s.readers.drop([]digest.Digest{dgst})
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	dir := filepath.Join(s.root, quarantineDir)

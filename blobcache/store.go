@@ -136,6 +136,9 @@ type Store struct {
 	evicting map[digest.Digest]struct{}
 	touched  map[digest.Digest]time.Time
 
+	// readers are the shared open files of OpenReader.
+	readers readerCache
+
 	// evictMu lets one eviction (or removal) run at a time; evictNow wakes the evictor.
 	evictMu  sync.Mutex
 	evictNow chan struct{}
@@ -262,6 +265,7 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 
 	s.cancel()
+	s.readers.close()
 	for _, f := range fills {
 		f.fail(fillFailed("fill of %s: store closed", f.dgst))
 	}
@@ -391,13 +395,7 @@ func (s *Store) pin(dgst digest.Digest) (func(), error) {
 		return nil, fmt.Errorf("blob %s: being removed: %w", dgst, errdefs.ErrNotFound)
 	}
 	s.pins[dgst]++
-	s.touched[dgst] = time.Now().UTC()
-	if len(s.touched) >= flushBatch {
-		select {
-		case s.flushNow <- struct{}{}:
-		default:
-		}
-	}
+	s.touchLocked(dgst, time.Now().UTC())
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -405,6 +403,23 @@ func (s *Store) pin(dgst digest.Digest) (func(), error) {
 			delete(s.pins, dgst)
 		}
 	}, nil
+}
+
+// touch records an access to dgst in memory; the flusher writes it to the index.
+func (s *Store) touch(dgst digest.Digest, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.touchLocked(dgst, at)
+}
+
+func (s *Store) touchLocked(dgst digest.Digest, at time.Time) {
+	s.touched[dgst] = at
+	if len(s.touched) >= flushBatch {
+		select {
+		case s.flushNow <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (s *Store) openPinned(ctx context.Context, dgst digest.Digest) (*os.File, BlobInfo, error) {
