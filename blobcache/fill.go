@@ -477,3 +477,34 @@ func (r *fillReader) Close() error {
 	r.f.release()
 	return nil
 }
+
+// HasOrFilling reports whether dgst is committed or a fill of it is running: either way its
+// bytes are (or are on their way) in the store, and a second copy need not be written (see
+// WaitFill).
+func (s *Store) HasOrFilling(dgst digest.Digest) bool {
+	s.mu.Lock()
+	_, filling := s.fills[dgst]
+	s.mu.Unlock()
+	if filling {
+		return true
+	}
+	ok, err := s.present(dgst)
+	return err == nil && ok
+}
+
+// WaitFill waits until the fill of dgst that is running, if any, is over: committed (Info
+// then finds the blob) or failed. It returns ctx's error when ctx ends first.
+func (s *Store) WaitFill(ctx context.Context, dgst digest.Digest) error {
+	s.mu.Lock()
+	f, ok := s.fills[dgst]
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	select {
+	case <-f.finished:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

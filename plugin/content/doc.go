@@ -58,6 +58,15 @@
 // digest, or a Commit of the same bytes, reports AlreadyExists (as the local store does) and
 // records the hold; the ingest is dropped.
 //
+// # One write per blob
+//
+// On a cold pull containerd fetches each blob through the daemon's mirror, whose fill writes
+// it into the store, and writes the bytes it received back through this API. A writer for a
+// blob the store has or is filling (named by the expected digest or, since containerd's
+// metadata store strips that, by the digest in the ingest ref) discards what it is sent; its
+// Commit waits for the fill (bounded by the caller's context) and holds the store's verified
+// copy. If that fill fails, the Commit fails as unavailable and the caller writes again.
+//
 // Only sha256 content is stored. Labels are reset by Delete: they describe the API object,
 // which is gone. Blobs committed through the API have no media type and no registry source
 // in the index (the content API carries neither).
