@@ -20,7 +20,7 @@ func crash(t *testing.T, s *Store) {
 	s.mu.Unlock()
 	s.cancel()
 	s.bg.Wait()
-	if err := s.db.Close(); err != nil {
+	if err := s.idx.db.Close(); err != nil {
 		t.Fatal(err)
 	}
 }
