@@ -151,11 +151,20 @@ func (c *readerCache) dropLocked(match func(digest.Digest, *readerEntry) bool, l
 		if oe == nil {
 			break
 		}
-		delete(c.entries, oldest)
-		oe.dropped = true
-		out = append(out, oe.blob)
+		out = append(out, c.removeLocked(oldest, oe))
 	}
 	return out
+}
+
+// removeLocked takes e out of the map and returns its file when nobody uses it, for the
+// caller to close once unlocked; a busy one is closed by its last user instead.
+func (c *readerCache) removeLocked(d digest.Digest, e *readerEntry) *Blob {
+	delete(c.entries, d)
+	e.dropped = true
+	if e.users == 0 {
+		return e.blob
+	}
+	return nil
 }
 
 // drop closes the idle shared readers of dgsts (before an eviction removes them) and takes
@@ -165,14 +174,8 @@ func (c *readerCache) drop(dgsts []digest.Digest) {
 	c.mu.Lock()
 	var idle []*Blob
 	for _, d := range dgsts {
-		e, ok := c.entries[d]
-		if !ok {
-			continue
-		}
-		delete(c.entries, d)
-		e.dropped = true
-		if e.users == 0 {
-			idle = append(idle, e.blob)
+		if e, ok := c.entries[d]; ok {
+			idle = append(idle, c.removeLocked(d, e))
 		}
 	}
 	c.mu.Unlock()
@@ -193,11 +196,7 @@ func (c *readerCache) close() {
 	c.closed = true
 	var idle []*Blob
 	for d, e := range c.entries {
-		delete(c.entries, d)
-		e.dropped = true
-		if e.users == 0 {
-			idle = append(idle, e.blob)
-		}
+		idle = append(idle, c.removeLocked(d, e))
 	}
 	c.mu.Unlock()
 	closeAll(idle)
@@ -205,6 +204,8 @@ func (c *readerCache) close() {
 
 func closeAll(blobs []*Blob) {
 	for _, b := range blobs {
-		b.Close()
+		if b != nil {
+			b.Close()
+		}
 	}
 }
