@@ -148,3 +148,31 @@ func TestVerifyDuringEviction(t *testing.T) {
 	}
 	assertConsistent(t, s)
 }
+
+// TestVerifyRecordEvicted: a blob evicted between verify reading its record and hashing its
+// file is gone, not missing (its record went with the file).
+func TestVerifyRecordEvicted(t *testing.T) {
+	s := newTestStore(t)
+	dgsts := putN(t, s, 3, 100, 1)
+	removed := false
+	s.failpoint = func(p string) {
+		if p != fpVerifyRecord || removed {
+			return
+		}
+		removed = true
+		if res, err := s.Remove(t.Context(), dgsts); err != nil || res.Blobs != 3 {
+			t.Errorf("Remove: %+v, %v", res, err)
+		}
+	}
+	rep, err := s.Verify(t.Context(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !removed {
+		t.Fatal("verify never reached a record")
+	}
+	if len(rep.Missing) != 0 || len(rep.Orphans) != 0 {
+		t.Errorf("verify reported blobs evicted during its run as missing %v / orphans %v", rep.Missing, rep.Orphans)
+	}
+	assertConsistent(t, s)
+}

@@ -189,6 +189,7 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 			continue // removed meanwhile
 		}
 		rep.Checked++
+		s.at(fpVerifyRecord)
 		switch got, size, err := hashFile(s.blobPath(d), d.Algorithm()); {
 		case errors.Is(err, fs.ErrNotExist):
 			// Evicted or removed since it was looked up: not missing, just gone.

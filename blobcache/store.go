@@ -160,6 +160,7 @@ const (
 	fpCommitRenamed  = "commit-renamed"  // blob file renamed in, record not yet written
 	fpRemoveRecorded = "remove-recorded" // records deleted and intents written, files still there
 	fpRemoveUnlinked = "remove-unlinked" // files removed, intents not yet cleared
+	fpVerifyRecord   = "verify-record"   // verify found a record, its file not yet hashed
 	fpVerifyListed   = "verify-listed"   // verify listed the blob files, none checked yet
 )
 
