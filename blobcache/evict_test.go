@@ -267,7 +267,7 @@ func TestEvictionDropsTagsOfManifest(t *testing.T) {
 func TestAccessTimesBatched(t *testing.T) {
 	s := openStore(t, Options{Root: t.TempDir(), AccessFlushInterval: time.Hour})
 	d := putN(t, s, 1, 10, 1)[0]
-	before, _ := s.lookup(d)
+	before, _ := s.idx.blob(d)
 	for range 100 {
 		f, _, err := s.OpenBlob(t.Context(), d)
 		if err != nil {
@@ -275,14 +275,14 @@ func TestAccessTimesBatched(t *testing.T) {
 		}
 		f.Close()
 	}
-	after, _ := s.lookup(d)
+	after, _ := s.idx.blob(d)
 	if !after.LastAccess.Equal(before.LastAccess) {
 		t.Error("a hit wrote its access time to the index at once")
 	}
 	if err := s.flushAccess(); err != nil {
 		t.Fatal(err)
 	}
-	flushed, _ := s.lookup(d)
+	flushed, _ := s.idx.blob(d)
 	if !flushed.LastAccess.After(before.LastAccess) {
 		t.Error("flush did not record the access time")
 	}

@@ -27,7 +27,7 @@ func (s *Store) Hold(ctx context.Context, dgst digest.Digest) (BlobInfo, error) 
 	}
 	// containerd asks again and again for the blobs it holds (every Read starts with an
 	// Info): those are answered with a read transaction.
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -81,7 +81,7 @@ func (s *Store) Labels(ctx context.Context, dgst digest.Digest) (map[string]stri
 	if err := validateDigest(dgst); err != nil {
 		return nil, err
 	}
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil || rec == nil {
 		return nil, err
 	}

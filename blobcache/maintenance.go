@@ -178,7 +178,7 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 		if err := validateDigest(d); err != nil {
 			return rep, err
 		}
-		rec, err := s.lookup(d)
+		rec, err := s.idx.blob(d)
 		if err != nil {
 			return rep, err
 		}
@@ -281,7 +281,7 @@ func (s *Store) verifyOrphans(ctx context.Context, rep *VerifyReport) error {
 func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyReport) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	rec, err := s.lookup(d)
+	rec, err := s.idx.blob(d)
 	if err != nil || rec != nil {
 		return err
 	}

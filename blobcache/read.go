@@ -88,7 +88,7 @@ func (s *Store) touchLocked(dgst digest.Digest, at time.Time) {
 }
 
 func (s *Store) openPinned(ctx context.Context, dgst digest.Digest) (*os.File, BlobInfo, error) {
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil {
 		return nil, BlobInfo{}, err
 	}
@@ -125,7 +125,7 @@ func (s *Store) openPinned(ctx context.Context, dgst digest.Digest) (*os.File, B
 
 // present reports whether dgst is committed: recorded in the index and its file there.
 func (s *Store) present(dgst digest.Digest) (bool, error) {
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil || rec == nil {
 		return false, err
 	}

@@ -319,14 +319,12 @@ func validateDigest(dgst digest.Digest) error {
 	return nil
 }
 
-func (s *Store) lookup(dgst digest.Digest) (*blobRecord, error) { return s.idx.blob(dgst) }
-
 // Info returns the index record of a committed blob.
 func (s *Store) Info(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
 	if err := validateDigest(dgst); err != nil {
 		return BlobInfo{}, err
 	}
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -345,7 +343,7 @@ func (s *Store) AddSource(ctx context.Context, dgst digest.Digest, src Source) e
 		return fmt.Errorf("source %+v: registry and repository are required: %w", src, errdefs.ErrInvalidArgument)
 	}
 	// Most calls repeat a known source; a read transaction keeps them off the writer lock.
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil {
 		return err
 	}
