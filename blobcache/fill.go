@@ -357,4 +357,3 @@ func (f *Fill) MediaType() string { return f.mediaType }
 
 // Origin is the Upstream.Origin the fill was started with ("" for the registry).
 func (f *Fill) Origin() string { return f.origin }
-
