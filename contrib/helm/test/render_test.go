@@ -35,7 +35,6 @@ type rendered struct {
 	manifests []string
 }
 
-// render runs the chart through Helm's engine as `helm template` does.
 // decode adds the YAML documents of one file to r. Kubernetes objects are decoded strictly:
 // a misspelt field in a template is an error, not a silently dropped key.
 func (r *rendered) decode(t *testing.T, name string, data []byte) {
@@ -81,6 +80,7 @@ func (r *rendered) decode(t *testing.T, name string, data []byte) {
 	}
 }
 
+// render runs the chart through Helm's engine as `helm template` does.
 func render(t *testing.T, values map[string]any) (*rendered, error) {
 	t.Helper()
 	ch, err := loader.Load(chartDir)
