@@ -9,9 +9,10 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/diff"
 )
 
-// The chart's defaults render today's DaemonSet (contrib/kubernetes/daemonset.yaml).
+// The chart's defaults, installed under the manifest's names, render today's DaemonSet
+// (contrib/kubernetes/daemonset.yaml), cluster tier included.
 func TestChartDefaultsRenderTheDaemonSet(t *testing.T) {
-	r, err := render(t, nil)
+	r, err := renderRelease(t, manifestRelease, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,10 +20,11 @@ func TestChartDefaultsRenderTheDaemonSet(t *testing.T) {
 	if len(cfg.Upstream.AllowedRegistries) != 1 || cfg.Upstream.AllowedRegistries[0] != "*" || cfg.Content.Enabled || cfg.Diff.Enabled {
 		t.Errorf("defaults: %+v", cfg)
 	}
-	for _, kind := range r.manifests {
-		if kind == "ServiceMonitor" || kind == "Service" {
-			t.Errorf("%s rendered without metrics.serviceMonitor.enabled", kind)
-		}
+	if r.monitor != nil || r.services["containerd-blobcache-metrics"] != nil {
+		t.Errorf("metrics Service or ServiceMonitor rendered without metrics.serviceMonitor.enabled: %v", r.manifests)
+	}
+	if cfg.Peer.DNSName != "containerd-blobcache-peers.containerd-blobcache.svc.cluster.local" || cfg.Peer.KeyFile == "" {
+		t.Errorf("defaults: [peer] %+v", cfg.Peer)
 	}
 	compareWithManifest(t, r, "daemonset.yaml")
 }
@@ -31,7 +33,7 @@ func TestChartDefaultsRenderTheDaemonSet(t *testing.T) {
 // install --mode=proxy writing both proxy plugins and the differ, and the daemon with exactly
 // the capabilities the diff API needs.
 func TestChartProxyModeRendersTheProxyDaemonSet(t *testing.T) {
-	r, err := render(t, map[string]any{"mode": "proxy"})
+	r, err := renderRelease(t, manifestRelease, map[string]any{"mode": "proxy"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +76,8 @@ func TestChartProxyModeRendersTheProxyDaemonSet(t *testing.T) {
 }
 
 // Every value the chart offers reaches the daemon: proxy mode, the registries, the size, a
-// credentials Secret and a ServiceMonitor.
+// credentials Secret, a ServiceMonitor, and the cluster tier on another port with its own key
+// Secret, mutual TLS, extra [peer] keys and another cluster domain.
 func TestChartValues(t *testing.T) {
 	r, err := render(t, map[string]any{
 		"mode":       "proxy",
@@ -84,6 +87,12 @@ func TestChartValues(t *testing.T) {
 			"secretName": "registry-creds", "credentialsFileKey": "credentials.toml", "dockerConfigKey": ".dockerconfigjson",
 		},
 		"metrics": map[string]any{"address": "0.0.0.0:9156", "serviceMonitor": map[string]any{"enabled": true, "labels": map[string]any{"release": "prom"}}},
+		"peer": map[string]any{
+			"port": 6057, "keySecretName": "cache-key", "keySecretKey": "shared",
+			"tls":         map[string]any{"secretName": "cache-peer-tls"},
+			"extraConfig": `connect_timeout = "500ms"`,
+		},
+		"clusterDomain": "corp.internal",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -123,10 +132,21 @@ func TestChartValues(t *testing.T) {
 			t.Errorf("install dry run lacks %q", want)
 		}
 	}
-	if r.service == nil || r.monitor == nil {
+	p := cfg.Peer
+	if p.DNSName != "blobcache-containerd-blobcache-peers.kube-system.svc.corp.internal" || p.DNSPort != 6057 || p.ConnectTimeout != "500ms" {
+		t.Errorf("[peer] %+v", p)
+	}
+	if p.KeyFile != "/etc/containerd-blobcache-peer/shared" || p.TLSCertFile == "" || p.TLSKeyFile == "" || p.TLSCAFile == "" {
+		t.Errorf("[peer] files: key %q, TLS %q %q %q", p.KeyFile, p.TLSCertFile, p.TLSKeyFile, p.TLSCAFile)
+	}
+	if l := peerListen(container(t, pod.Containers, "blobcache")); l != "$(NODE_IP):6057" {
+		t.Errorf("--peer-listen=%s", l)
+	}
+	metricsSvc := r.services["blobcache-containerd-blobcache-metrics"]
+	if metricsSvc == nil || r.monitor == nil {
 		t.Fatalf("Service/ServiceMonitor not rendered: %v", r.manifests)
 	}
-	if p := r.service.Spec.Ports; len(p) != 1 || p[0].Port != 9156 || p[0].TargetPort.String() != "metrics" {
+	if p := metricsSvc.Spec.Ports; len(p) != 1 || p[0].Port != 9156 || p[0].TargetPort.String() != "metrics" {
 		t.Errorf("metrics Service ports %+v", p)
 	}
 	spec, _ := r.monitor["spec"].(map[string]any)
@@ -142,12 +162,57 @@ func TestChartValues(t *testing.T) {
 // Values that would give a broken node are refused at render time.
 func TestChartRefusesBadValues(t *testing.T) {
 	for name, vals := range map[string]map[string]any{
-		"unknown mode":               {"mode": "both"},
-		"ServiceMonitor on loopback": {"metrics": map[string]any{"serviceMonitor": map[string]any{"enabled": true}}},
-		"Secret without a key":       {"credentials": map[string]any{"secretName": "s"}},
+		"unknown mode":                {"mode": "both"},
+		"ServiceMonitor on loopback":  {"metrics": map[string]any{"serviceMonitor": map[string]any{"enabled": true}}},
+		"Secret without a key":        {"credentials": map[string]any{"secretName": "s"}},
+		"peers without credentials":   {"peer": map[string]any{"keySecretName": ""}},
+		"peer key Secret without key": {"peer": map[string]any{"keySecretKey": ""}},
+		"peer port 0":                 {"peer": map[string]any{"port": 0}},
+		"peer port not a number":      {"peer": map[string]any{"port": "http"}},
+		"peer port 70000":             {"peer": map[string]any{"port": 70000}},
+		"peer port of the mirror":     {"peer": map[string]any{"port": 5055}},
+		"no cluster domain":           {"clusterDomain": ""},
 	} {
 		if _, err := render(t, vals); err == nil {
 			t.Errorf("%s: rendered", name)
+		}
+	}
+}
+
+// peer.enabled=false renders no cluster tier: no flag, no env, no port, no [peer], no
+// Service, no Secret volume; the rest is the default DaemonSet.
+func TestChartPeerDisabled(t *testing.T) {
+	r, err := renderRelease(t, manifestRelease, map[string]any{"peer": map[string]any{"enabled": false}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := checkAgainstBinary(t, r)
+	if cfg.Peer != (peerConfig{DNSPort: cfg.Peer.DNSPort, ConnectTimeout: cfg.Peer.ConnectTimeout}) {
+		t.Errorf("[peer] %+v without the tier", cfg.Peer)
+	}
+	if strings.Contains(r.cm.Data["config.toml"], "[peer]") || len(r.services) != 0 {
+		t.Errorf("[peer] or a Service rendered without the tier: %v\n%s", r.manifests, r.cm.Data["config.toml"])
+	}
+	serve := container(t, r.ds.Spec.Template.Spec.Containers, "blobcache")
+	if peerListen(serve) != "" || len(serve.Ports) != 2 || len(serve.Env) != 0 || mountPath(serve, "peer-key") != "" {
+		t.Errorf("the daemon without the tier: command %v, ports %+v, env %+v, mounts %+v", serve.Command, serve.Ports, serve.Env, serve.VolumeMounts)
+	}
+}
+
+// Mutual TLS alone: the three files from the TLS Secret, no key, no key volume.
+func TestChartPeerTLSOnly(t *testing.T) {
+	r, err := render(t, map[string]any{"peer": map[string]any{"keySecretName": "", "tls": map[string]any{"secretName": "peer-tls"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := checkAgainstBinary(t, r)
+	want := "/etc/containerd-blobcache-peer-tls/"
+	if p := cfg.Peer; p.KeyFile != "" || p.TLSCertFile != want+"tls.crt" || p.TLSKeyFile != want+"tls.key" || p.TLSCAFile != want+"ca.crt" {
+		t.Errorf("[peer] %+v", p)
+	}
+	for _, v := range r.ds.Spec.Template.Spec.Volumes {
+		if v.Name == "peer-key" {
+			t.Errorf("key volume %+v without peer.keySecretName", v)
 		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/BurntSushi/toml"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -42,6 +41,7 @@ type effectiveConfig struct {
 	Admin struct {
 		Address string `toml:"address"`
 	} `toml:"admin"`
+	Peer peerConfig `toml:"peer"`
 }
 
 // checkAgainstBinary checks a rendering with the daemon's binary: the ConfigMap is a valid
@@ -99,7 +99,7 @@ func checkAgainstBinary(t *testing.T, r *rendered) (effectiveConfig, string) {
 		t.Errorf("ports %v, config mirror %s metrics %s", ports, cfg.Mirror.Address, cfg.Metrics.Address)
 	}
 	// Every file and socket the daemon uses is on a mounted volume (the root is read-only).
-	for what, p := range map[string]string{"root": "/var/lib/containerd-blobcache/x", "admin.address": cfg.Admin.Address, "credentials_file": cfg.Upstream.CredentialsFile, "docker_config": cfg.Upstream.DockerConfig, "content.address": contentAddress(cfg), "diff.containerd_address": diffContainerdAddress(cfg)} {
+	for what, p := range map[string]string{"root": "/var/lib/containerd-blobcache/x", "admin.address": cfg.Admin.Address, "credentials_file": cfg.Upstream.CredentialsFile, "docker_config": cfg.Upstream.DockerConfig, "content.address": contentAddress(cfg), "diff.containerd_address": diffContainerdAddress(cfg), "peer.key_file": cfg.Peer.KeyFile, "peer.tls_cert_file": cfg.Peer.TLSCertFile, "peer.tls_key_file": cfg.Peer.TLSKeyFile, "peer.tls_ca_file": cfg.Peer.TLSCAFile} {
 		if p == "" {
 			continue
 		}
@@ -111,6 +111,7 @@ func checkAgainstBinary(t *testing.T, r *rendered) (effectiveConfig, string) {
 			t.Errorf("%s %s is on no mounted volume", what, p)
 		}
 	}
+	checkPeerTier(t, r, cfg.Peer, out)
 
 	// The init container's install, as a dry run on containerd 2.4.2's default config:
 	// later flags override the rendered paths.
@@ -202,7 +203,7 @@ func itoa(i int32) string {
 }
 
 // readDaemonSetManifest decodes a manifest of contrib/kubernetes.
-func readDaemonSetManifest(t *testing.T, file string) (*appsv1.DaemonSet, *corev1.ConfigMap) {
+func readDaemonSetManifest(t *testing.T, file string) *rendered {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("../../kubernetes", file))
 	if err != nil {
@@ -213,15 +214,16 @@ func readDaemonSetManifest(t *testing.T, file string) (*appsv1.DaemonSet, *corev
 	if r.ds == nil || r.cm == nil {
 		t.Fatalf("%s lacks the DaemonSet or the ConfigMap", file)
 	}
-	return r.ds, r.cm
+	return &r
 }
 
 // compareWithManifest checks that a rendering has the pod — commands, ports, probes,
 // security, resources, volumes —, the update strategy and the effective configuration of
-// the DaemonSet in contrib/kubernetes/file.
+// the DaemonSet in contrib/kubernetes/file, and its Services (the peers').
 func compareWithManifest(t *testing.T, r *rendered, file string) {
 	t.Helper()
-	ds, cm := readDaemonSetManifest(t, file)
+	m := readDaemonSetManifest(t, file)
+	ds, cm := m.ds, m.cm
 	want, got := ds.Spec.Template.Spec, r.ds.Spec.Template.Spec
 	// What differs on purpose: the image reference and the ConfigMap's name (release-scoped).
 	for _, spec := range []*corev1.PodSpec{&want, &got} {
@@ -243,6 +245,13 @@ func compareWithManifest(t *testing.T, r *rendered, file string) {
 	}
 	if !reflect.DeepEqual(ds.Spec.UpdateStrategy, r.ds.Spec.UpdateStrategy) {
 		t.Errorf("update strategy %+v, %s %+v", r.ds.Spec.UpdateStrategy, file, ds.Spec.UpdateStrategy)
+	}
+	// The chart's Services carry the release's labels and select its instance too.
+	for name, want := range m.services {
+		got := r.services[name]
+		if got == nil || got.Namespace != want.Namespace || got.Spec.ClusterIP != want.Spec.ClusterIP || !reflect.DeepEqual(got.Spec.Ports, want.Spec.Ports) {
+			t.Errorf("Service %s/%s of %s: the chart renders %+v", want.Namespace, name, file, got)
+		}
 	}
 	dir := t.TempDir()
 	a, b := filepath.Join(dir, "a.toml"), filepath.Join(dir, "b.toml")

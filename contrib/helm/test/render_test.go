@@ -30,9 +30,11 @@ const chartDir = "../containerd-blobcache"
 type rendered struct {
 	ds        *appsv1.DaemonSet
 	cm        *corev1.ConfigMap
-	service   *corev1.Service
+	services  map[string]*corev1.Service
 	monitor   map[string]any
 	manifests []string
+	// values are the chart's values after defaults and overrides.
+	values chartutil.Values
 }
 
 // decode adds the YAML documents of one file to r. Kubernetes objects are decoded strictly:
@@ -66,8 +68,13 @@ func (r *rendered) decode(t *testing.T, name string, data []byte) {
 			r.cm = &corev1.ConfigMap{}
 			err = yaml.UnmarshalStrict(doc, r.cm)
 		case "Service":
-			r.service = &corev1.Service{}
-			err = yaml.UnmarshalStrict(doc, r.service)
+			svc := &corev1.Service{}
+			if err = yaml.UnmarshalStrict(doc, svc); err == nil {
+				if r.services == nil {
+					r.services = map[string]*corev1.Service{}
+				}
+				r.services[svc.Name] = svc
+			}
 		case "ServiceMonitor":
 			err = yaml.Unmarshal(doc, &r.monitor)
 		case "Namespace":
@@ -80,14 +87,24 @@ func (r *rendered) decode(t *testing.T, name string, data []byte) {
 	}
 }
 
-// render runs the chart through Helm's engine as `helm template` does.
+// render runs the chart through Helm's engine as `helm template` does, as release
+// "blobcache" in namespace kube-system.
 func render(t *testing.T, values map[string]any) (*rendered, error) {
+	t.Helper()
+	return renderRelease(t, chartutil.ReleaseOptions{Name: "blobcache", Namespace: "kube-system", IsInstall: true}, values)
+}
+
+// manifestRelease is the release whose names are those of contrib/kubernetes: the
+// DaemonSet, its ConfigMap and the peers' Service in namespace containerd-blobcache.
+var manifestRelease = chartutil.ReleaseOptions{Name: "containerd-blobcache", Namespace: "containerd-blobcache", IsInstall: true}
+
+func renderRelease(t *testing.T, release chartutil.ReleaseOptions, values map[string]any) (*rendered, error) {
 	t.Helper()
 	ch, err := loader.Load(chartDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals, err := chartutil.ToRenderValues(ch, values, chartutil.ReleaseOptions{Name: "blobcache", Namespace: "kube-system", IsInstall: true}, chartutil.DefaultCapabilities)
+	vals, err := chartutil.ToRenderValues(ch, values, release, chartutil.DefaultCapabilities)
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +113,9 @@ func render(t *testing.T, values map[string]any) (*rendered, error) {
 		return nil, err
 	}
 	r := &rendered{}
+	if r.values, err = vals.Table("Values"); err != nil {
+		t.Fatal(err)
+	}
 	names := make([]string, 0, len(files))
 	for name := range files {
 		names = append(names, name)
