@@ -31,7 +31,7 @@ build:
 run: build
 	$(BIN) serve --root $(RUN_DIR) --admin-address $(RUN_DIR)/admin.sock
 
-# Installs the pinned containerd, ctr, shim and registry the integration tests need.
+# Installs the pinned containerd, ctr, shim, registry and crictl the integration tests need.
 tools:
 	TOOLS_DIR=$(TOOLS_DIR) ./.ci/install-tools
 

@@ -23,6 +23,8 @@ type ToolPaths struct {
 	Ctr        string
 	Shim       string
 	Registry   string
+	// Crictl is cri-tools' crictl; only the tests that run it require it (RequireCrictl).
+	Crictl string
 }
 
 // Unavailable stops a test that cannot run here. Under CI (CI set to anything) a missing
@@ -65,6 +67,7 @@ func Tools(t testing.TB) *ToolPaths {
 		Ctr:        filepath.Join(dir, "ctr"),
 		Shim:       filepath.Join(dir, "containerd-shim-runc-v2"),
 		Registry:   filepath.Join(dir, "registry"),
+		Crictl:     filepath.Join(dir, "crictl"),
 	}
 	var missing []string
 	for _, p := range []string{tp.Containerd, tp.Ctr, tp.Shim, tp.Registry} {
