@@ -42,6 +42,11 @@ type ContainerdOptions struct {
 	// ConfigVersion is 3 (containerd 2.x, the default) or 2 (containerd 1.6/1.7: the CRI
 	// plugin's registry config_path is under io.containerd.grpc.v1.cri).
 	ConfigVersion int
+	// Diff, in proxy mode (StartContainerdContentProxy), makes the daemon's diff API
+	// containerd's differ as well: a [proxy_plugins] entry of type "diff" on the content
+	// socket, chosen by the transfer service's unpack_config and first in the diff service's
+	// default list (see ProxyDiffConfig). The daemon needs DiffConfig then.
+	Diff bool
 	// EditConfig, when set, is called with the written config.toml before containerd
 	// starts (for example to run `containerd-blobcache install` on it).
 	EditConfig func(path string) error

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containerd/platforms"
 )
 
 // ContentPluginID is containerd's built-in content store, disabled when the daemon's content
@@ -17,6 +19,34 @@ const ContentPluginID = "io.containerd.content.v1.content"
 // ContentProxyName is the name of the [proxy_plugins] entry; it must not clash with a
 // built-in plugin ID.
 const ContentProxyName = "blobcache"
+
+// DiffProxyName is the name of the [proxy_plugins] entry of type "diff": the differ ID that
+// unpack_config and the diff service's default list name.
+const DiffProxyName = "blobcache-diff"
+
+// DiffConfig is the daemon configuration (for DaemonConfig.Extra, after ContentConfig) that
+// serves the diff API on the content socket.
+const DiffConfig = "[diff]\nenabled = true\n"
+
+// ProxyDiffConfig is the containerd configuration (version 3) that makes the daemon's diff
+// API on socket containerd's differ: for the transfer service's unpacks (ctr image pull, CRI)
+// through unpack_config's differ, for the diff service (ctr image pull --local, ctr snapshot
+// diff) through its default list, with containerd's own walking differ after it.
+func ProxyDiffConfig(socket string) string {
+	return fmt.Sprintf(`
+  [proxy_plugins.%[1]s]
+    type = "diff"
+    address = %[2]q
+
+[[plugins."io.containerd.transfer.v1.local".unpack_config]]
+  platform = %[3]q
+  snapshotter = "overlayfs"
+  differ = %[1]q
+
+[plugins."io.containerd.service.v1.diff-service"]
+  default = [%[1]q, "walking"]
+`, DiffProxyName, socket, platforms.DefaultString())
+}
 
 // ContentConfig returns the daemon configuration lines (for DaemonConfig.Extra) that serve
 // the content API on socket.
@@ -32,9 +62,11 @@ func ContentConfig(socket string) string {
 //	  type = "content"
 //	  address = socket
 //
-// containerd connects to the socket lazily, so the daemon need not be up yet. With waitCRI,
-// it also waits for the CRI image service (as StartContainerd does); otherwise only for
-// containerd's own API, which is what a test starting the daemon later can rely on.
+// With opts.Diff, the daemon's diff API on the same socket is containerd's differ too (see
+// ProxyDiffConfig). containerd connects to the socket lazily, so the daemon need not be up
+// yet. With waitCRI, it also waits for the CRI image service (as StartContainerd does);
+// otherwise only for containerd's own API, which is what a test starting the daemon later can
+// rely on.
 func StartContainerdContentProxy(t testing.TB, opts ContainerdOptions, socket string, waitCRI bool) *Containerd {
 	t.Helper()
 	if opts.ConfigVersion == 2 {
@@ -48,6 +80,9 @@ func StartContainerdContentProxy(t testing.TB, opts ContainerdOptions, socket st
 	}
 	cfg = strings.Replace(cfg, disabledKey, disabledKey+fmt.Sprintf("%q, ", ContentPluginID), 1)
 	cfg += fmt.Sprintf("\n[proxy_plugins]\n  [proxy_plugins.%s]\n    type = \"content\"\n    address = %q\n", ContentProxyName, socket)
+	if opts.Diff {
+		cfg += ProxyDiffConfig(socket)
+	}
 	if err := os.WriteFile(c.Config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,7 @@ type Config struct {
 	Upstream UpstreamConfig `toml:"upstream"`
 	Store    StoreConfig    `toml:"store"`
 	Content  ContentConfig  `toml:"content"`
+	Diff     DiffConfig     `toml:"diff"`
 	Metrics  MetricsConfig  `toml:"metrics"`
 	Debug    DebugConfig    `toml:"debug"`
 	Admin    AdminConfig    `toml:"admin"`
@@ -64,6 +65,12 @@ type ContentConfig struct {
 	Address         string   `toml:"address"`
 	SocketGroup     string   `toml:"socket_group"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// DiffConfig configures containerd's diff API (Apply, Compare), served on the content API's
+// socket for a containerd [proxy_plugins] entry of type "diff".
+type DiffConfig struct {
+	Enabled bool `toml:"enabled"`
 }
 
 // MetricsConfig configures the listener of /metrics, /healthz and /readyz.
@@ -162,6 +169,9 @@ func Default() Config {
 			SocketGroup:     "",
 			ShutdownTimeout: Duration(5 * time.Second),
 		},
+		// Off by default: applying layers writes into containerd's snapshot directories and
+		// mounts, which needs root's capabilities (proxy mode's unit grants them).
+		Diff:    DiffConfig{Enabled: false},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
 		Admin:   AdminConfig{Address: DefaultAdminAddress},
 	}
@@ -292,6 +302,11 @@ func (c Config) Validate() error {
 		return bad("content.address", "%q is longer than %d bytes (unix socket addresses are limited)", a, maxSocketPath)
 	case path.Clean(a) != a || strings.HasSuffix(a, "/"):
 		return bad("content.address", "%q is not a clean path to a file", a)
+	}
+	if c.Diff.Enabled && !c.Content.Enabled {
+		// The diff API is served on the content API's socket and gRPC server; containerd's
+		// proxy diff plugin points at that socket.
+		return bad("diff.enabled", "the diff API is served on the content socket: set content.enabled = true as well")
 	}
 	if err := validDebugAddress(c.Debug.Address); err != nil {
 		return bad("debug.address", "%v", err)

@@ -84,6 +84,8 @@ tag_freshness = "10s"
 enabled = true
 address = "/run/bc/c.sock"
 socket_group = "containerd"
+[diff]
+enabled = true
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +96,9 @@ socket_group = "containerd"
 	}
 	if want := (ContentConfig{Enabled: true, Address: "/run/bc/c.sock", SocketGroup: "containerd", ShutdownTimeout: Default().Content.ShutdownTimeout}); cfg.Content != want {
 		t.Fatalf("content = %+v, want %+v", cfg.Content, want)
+	}
+	if !cfg.Diff.Enabled {
+		t.Fatal("diff.enabled = true not applied")
 	}
 	// Keys not in the file keep their defaults.
 	if cfg.Upstream.DialTimeout != Default().Upstream.DialTimeout || cfg.LogLevel != "info" {
@@ -123,6 +128,8 @@ func TestParseRefusesAndNamesTheKey(t *testing.T) {
 		{"bad socket group", "[content]\nsocket_group = \"a b\"", "content.socket_group"},
 		{"content shutdown timeout", "[content]\nshutdown_timeout = \"0s\"", "content.shutdown_timeout"},
 		{"content enabled not a bool", "[content]\nenabled = \"yes\"", "enabled"},
+		{"diff without content", "[diff]\nenabled = true", "content.enabled"},
+		{"diff enabled not a bool", "[diff]\nenabled = 1", "enabled"},
 		{"not toml", "root = ", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

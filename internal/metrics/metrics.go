@@ -70,6 +70,7 @@ type Metrics struct {
 	tokenFetches    *prometheus.CounterVec
 	evictions       prometheus.Counter
 	evictedBytes    prometheus.Counter
+	diff            *diffMetrics
 }
 
 // New creates the metric families in a new registry, with the Go runtime and process
@@ -118,6 +119,7 @@ func New(version string, store StoreStats) *Metrics {
 		m.evictions, m.evictedBytes, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.diff = newDiffMetrics(reg)
 	if store != nil {
 		reg.MustRegister(newStoreCollector(store))
 	}

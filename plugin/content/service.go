@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"time"
 
 	api "github.com/containerd/containerd/api/services/content/v1"
@@ -59,6 +60,11 @@ func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, ob
 	return &Service{store: store, srv: srv, ln: ln}, nil
 }
 
+// Registrar is the service's gRPC server, for the other APIs served on the same socket (the
+// diff API: containerd's proxy plugins at one address share one connection). Register on it
+// before Serve. Their calls are logged like the content API's, not counted as content calls.
+func (s *Service) Registrar() grpc.ServiceRegistrar { return s.srv }
+
 // Store is the content store the service serves.
 func (s *Service) Store() *Store { return s.store }
 
@@ -98,7 +104,7 @@ func (s *Service) Close() error {
 }
 
 func observe(observer RequestObserver, fullMethod string, err error, start time.Time, sent int64) {
-	if observer == nil {
+	if observer == nil || !strings.HasPrefix(fullMethod, "/"+api.Content_ServiceDesc.ServiceName+"/") {
 		return
 	}
 	rpc := rpcName(fullMethod)
@@ -118,5 +124,5 @@ func logResult(ctx context.Context, method string, err error) {
 	if errdefs.IsNotFound(err) || errdefs.IsAlreadyExists(err) {
 		return
 	}
-	log.G(ctx).WithError(err).WithField("method", method).Debug("content request failed")
+	log.G(ctx).WithError(err).WithField("method", method).Debug("gRPC request failed")
 }

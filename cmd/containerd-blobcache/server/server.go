@@ -87,6 +87,11 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 			return nil, err
 		}
 		undo = append(undo, func() { contentSvc.Close() })
+		if cfg.Diff.Enabled {
+			if err := addDiff(ctx, cfg, contentSvc, ops.diffObserver()); err != nil {
+				return nil, err
+			}
+		}
 	}
 
 	ln, err := net.Listen("tcp", cfg.Mirror.Address)
@@ -176,6 +181,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.content != nil {
 		go func() { contentErr <- s.content.Serve() }()
 		fields["content"] = s.content.Address()
+		fields["diff"] = s.cfg.Diff.Enabled
 	}
 	if s.ops != nil {
 		s.ops.serve(ctx)
