@@ -140,11 +140,7 @@ func sortedContent(t *testing.T, c *harness.Containerd, ns string) []string {
 // layers were unpacked from the content the daemon serves.
 func runImage(t *testing.T, c *harness.Containerd, ns, ref, id string, args ...string) {
 	t.Helper()
-	if _, err := os.Stat("/usr/sbin/runc"); err != nil {
-		if _, lerr := os.Stat("/usr/bin/runc"); lerr != nil {
-			harness.Unavailable(t, "ctr run needs runc (Debian package runc)")
-		}
-	}
+	requireRunc(t)
 	full := append([]string{"run", "--rm", "--null-io", ref, id}, args...)
 	if out, err := c.CtrE(context.Background(), ns, full...); err != nil {
 		t.Fatalf("ctr run %s: %v\n%s", ref, err, out)
