@@ -144,3 +144,103 @@ func TestProxyDiffUnpackToolsAndContainer(t *testing.T) {
 	assertUnpackedByDaemon(t, e, c, harness.CRINamespace, im, before, logBefore)
 	runUnpackCheck(t, c, harness.CRINamespace, ref, "unpack-check-cri")
 }
+
+// TestProxyDiffUnpackMatchesBuiltinDiffer pulls UnpackTestImage twice: in proxy mode, where
+// the daemon applies every layer, and in a second containerd with its built-in content
+// store and differ (pulling through the same daemon's mirror; the daemon applies nothing
+// for it). The unpacked snapshots must be the same.
+//
+// What is compared (harness.CompareTrees), for every path: type, permission bits with
+// setuid/setgid/sticky, owner uid:gid, size and SHA-256 of regular files, symlink targets,
+// device numbers, every extended attribute (user.*, security.capability, and in the layer
+// directories trusted.overlay.opaque), modification times of everything but directories and
+// whiteouts, and hardlink groups (the paths sharing an inode). It is done twice:
+//   - layer by layer, on the overlayfs directory holding each layer (the snapshot's upper
+//     directory, as the applier wrote it): there, a deleted path is a whiteout (character
+//     device 0:0) and an opaque directory carries trusted.overlay.opaque=y;
+//   - on the merged view of the top snapshot (a read-only overlay mount of all layers), what
+//     a container sees.
+//
+// Not compared: directory times and whiteout times (containerd's applier does not set them
+// for directories it creates as parents, nor for whiteouts), the owner and times of each
+// snapshot's root directory (the snapshotter's), and inode numbers themselves.
+func TestProxyDiffUnpackMatchesBuiltinDiffer(t *testing.T) {
+	e, c := newProxyDiffEnv(t)
+	im, ref := e.pushUnpackImage(t, "test/compare")
+
+	before, logBefore := diffOps(t, e.daemon, "apply", "ok"), appliedLayers(t, e.daemon)
+	c.Pull(t, "diff", ref, e.hostsDir)
+	assertUnpackedByDaemon(t, e, c, "diff", im, before, logBefore)
+
+	builtin := harness.StartContainerd(t, harness.ContainerdOptions{HostsDir: e.hostsDir})
+	before = diffOps(t, e.daemon, "apply", "ok")
+	builtin.Pull(t, "builtin", ref, e.hostsDir)
+	if n := diffOps(t, e.daemon, "apply", "ok") - before; n != 0 {
+		t.Fatalf("the built-in containerd's pull applied %v layers through the daemon", n)
+	}
+
+	chain := chainIDs(t, im)
+	top := chain[len(chain)-1]
+	ours := c.SnapshotView(t, "diff", "compare-view", top)
+	theirs := builtin.SnapshotView(t, "builtin", "compare-view", top)
+	ourDirs, err := harness.LayerDirs(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirDirs, err := harness.LayerDirs(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ourDirs) != len(im.Layers) || len(theirDirs) != len(im.Layers) {
+		t.Fatalf("views of %d and %d layers, want %d", len(ourDirs), len(theirDirs), len(im.Layers))
+	}
+	for i := range ourDirs {
+		assertSameTree(t, fmt.Sprintf("layer %d (%s)", i, im.Layers[i].Descriptor.Digest), ourDirs[i], theirDirs[i])
+	}
+	// The layer directories must hold the overlayfs markers, or the comparison above
+	// compared two equally wrong trees.
+	deletes, err := harness.ScanTree(ourDirs[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := deletes["del/gone.txt"]; e == nil || !e.Whiteout {
+		t.Errorf("layer 2: del/gone.txt is %+v, want a whiteout", e)
+	}
+	if e := deletes["opq"]; e == nil || e.Xattrs["trusted.overlay.opaque"] != `"y"` {
+		t.Errorf("layer 2: opq is %+v, want trusted.overlay.opaque=y", e)
+	}
+
+	ourRoot, _ := harness.MountAt(t, ours)
+	theirRoot, _ := harness.MountAt(t, theirs)
+	assertSameTree(t, "merged view", ourRoot, theirRoot)
+	merged, err := harness.ScanTree(ourRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := merged["xattr/file"]; e == nil || e.Xattrs["security.capability"] == "" || e.Xattrs["user.note"] != `"hello"` {
+		t.Errorf("merged view: xattr/file is %+v, want security.capability and user.note", e)
+	}
+	if merged["del/gone.txt"] != nil || merged["opq/old1"] != nil {
+		t.Errorf("merged view shows deleted paths: del/gone.txt %+v, opq/old1 %+v", merged["del/gone.txt"], merged["opq/old1"])
+	}
+}
+
+// assertSameTree fails the test with the first differences between the daemon's tree (a)
+// and containerd's (b).
+func assertSameTree(t *testing.T, what, ours, theirs string) {
+	t.Helper()
+	diffs, err := harness.CompareTrees(ours, theirs)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if len(diffs) > 0 {
+		t.Errorf("%s: the daemon's unpack (a: %s) differs from containerd's (b: %s) in %d ways, first:\n%s",
+			what, ours, theirs, len(diffs), strings.Join(diffs[:min(len(diffs), 20)], "\n"))
+		return
+	}
+	tree, err := harness.ScanTree(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: %d paths equal", what, len(tree))
+}
