@@ -1,10 +1,16 @@
 package integration
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
+	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -18,13 +24,16 @@ import (
 // unpacks send each layer's Apply to the daemon, which reads the layer from its own store.
 
 // newProxyDiffEnv is a proxy environment whose daemon serves the diff API, and a containerd
-// 2.4.2 that uses it for the transfer service's unpacks and the diff service.
+// 2.4.2 that uses it for the transfer service's unpacks and the diff service (and whose
+// socket the daemon's Compare writes through).
 func newProxyDiffEnv(t *testing.T) (*proxyEnv, *harness.Containerd) {
 	t.Helper()
 	e := newProxyEnv(t, false)
-	e.daemon.Config.Extra += harness.DiffConfig
-	e.startDaemon(t)
+	// containerd first: the daemon's Compare writes through containerd's socket. containerd
+	// reaches the daemon's socket lazily, so it starts without it.
 	c := harness.StartContainerdContentProxy(t, harness.ContainerdOptions{HostsDir: e.hostsDir, ContentSharingPolicy: "shared", Diff: true}, e.socket, true)
+	e.daemon.Config.Extra += harness.DiffConfigFor(c.Socket)
+	e.startDaemon(t)
 	return e, c
 }
 
@@ -112,4 +121,87 @@ func TestProxyDiffPullUnpacksThroughDaemon(t *testing.T) {
 	before, logBefore = diffOps(t, e.daemon, "apply", "ok"), appliedLayers(t, e.daemon)
 	c.Pull(t, "diff-local", ref, e.hostsDir, "--local")
 	assertUnpackedByDaemon(t, e, c, "diff-local", im, before, logBefore)
+}
+
+// ctr snapshots diff (the Diff API's Compare, through the diff service's default list) is
+// answered by the daemon; the layer it makes is written through containerd in the caller's
+// namespace, so ctr reads it back and lists it, and it holds the file written into the
+// snapshot.
+func TestProxyDiffCompareThroughDaemon(t *testing.T) {
+	e, c := newProxyDiffEnv(t)
+	im, ref := e.push(t, "test/diff-compare", "v1", proxyImageSpec(t, 7200))
+	c.Pull(t, "cmp", ref, e.hostsDir)
+	ids := chainIDs(t, im)
+	c.Ctr(t, "cmp", "snapshots", "--snapshotter", "overlayfs", "prepare", "work", ids[len(ids)-1])
+	upper := snapshotUpperDir(t, c, "cmp", "work")
+	body := []byte("written after the pull\n")
+	if err := os.WriteFile(filepath.Join(upper, "added.txt"), body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	before := diffOps(t, e.daemon, "compare", "ok")
+	layer := c.Ctr(t, "cmp", "snapshots", "--snapshotter", "overlayfs", "diff", "--keep", "work")
+	if got := diffOps(t, e.daemon, "compare", "ok") - before; got != 1 {
+		t.Errorf("the daemon answered %v compares, want 1", got)
+	}
+	dg := digest.FromString(layer)
+	if !slices.Contains(c.ContentDigests(t, "cmp"), dg.String()) {
+		t.Errorf("namespace cmp does not list the new layer %s", dg)
+	}
+	if !e.daemon.HasBlob(dg, int64(len(layer))) {
+		t.Errorf("the new layer %s is not in the daemon's store", dg)
+	}
+	files := gzipTarFiles(t, []byte(layer))
+	if got, ok := files["added.txt"]; !ok || got != string(body) {
+		t.Errorf("the layer holds %v, want added.txt with %q", keys(files), body)
+	}
+}
+
+// snapshotUpperDir is the overlay upper directory of active snapshot key.
+func snapshotUpperDir(t *testing.T, c *harness.Containerd, ns, key string) string {
+	t.Helper()
+	out := c.Ctr(t, ns, "snapshots", "--snapshotter", "overlayfs", "mounts", "/mnt", key)
+	for _, opt := range strings.FieldsFunc(out, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
+		if dir, ok := strings.CutPrefix(opt, "upperdir="); ok {
+			return dir
+		}
+	}
+	t.Fatalf("no upperdir in the mounts of %s: %s", key, out)
+	return ""
+}
+
+// gzipTarFiles reads a gzipped tar: regular files' names and contents.
+func gzipTarFiles(t *testing.T, b []byte) map[string]string {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	out := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			data, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[h.Name] = string(data)
+		}
+	}
+}
+
+func keys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }

@@ -156,13 +156,19 @@ func TestInstallThenPullContainerd24(t *testing.T) {
 func strconvQuote(s string) string { return `"` + s + `"` }
 
 // `install --mode proxy` on containerd 2.4.2's config, reading the content socket from the
-// daemon's own configuration (--config): after --fix, containerd starts with the daemon's
-// content API as its content store and a CRI PullImage goes through the mirror, every blob
-// containerd keeps is the daemon's (and only the daemon's) file. A second install changes
-// nothing; uninstall gives the config back byte for byte.
+// daemon's own configuration (--config), which serves the content API but not yet the diff
+// API: after --fix, the daemon's config enables the diff API (the daemon is restarted to read
+// it), containerd starts with the daemon's content API as its content store and its diff API
+// as its differ, and a CRI PullImage goes through the mirror and has every layer applied by
+// the daemon. Every blob containerd keeps is the daemon's (and only the daemon's) file. A
+// second install changes nothing; uninstall gives both configs back byte for byte.
 func TestInstallProxyModeThenPull(t *testing.T) {
 	socket := filepath.Join(harness.ShortTempDir(t, "bci-"), "content.sock")
 	e := newInstallEnvDaemon(t, 6400, harness.ContentConfig(socket))
+	originalDaemonConfig, err := os.ReadFile(e.daemon.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var originalConfig []byte
 	args := func(cmd, config string, extra ...string) []string {
 		return e.installArgs(cmd, config, append([]string{"--mode", "proxy", "--config", e.daemon.ConfigPath}, extra...)...)
@@ -177,7 +183,8 @@ func TestInstallProxyModeThenPull(t *testing.T) {
 				t.Errorf("install --mode proxy --fix: exit %d", code)
 			}
 			fixed, _ := os.ReadFile(config)
-			for _, want := range []string{strconvQuote(socket), "[proxy_plugins", strconvQuote(harness.ContentPluginID)} {
+			for _, want := range []string{strconvQuote(socket), "[proxy_plugins", strconvQuote(harness.ContentPluginID),
+				"[proxy_plugins." + install.DiffPluginName + "]", `differ = "` + install.DiffPluginName + `"`, `default = ["` + install.DiffPluginName + `", "walking"]`} {
 				if !strings.Contains(string(fixed), want) {
 					t.Errorf("containerd config after install --mode proxy lacks %s:\n%s", want, fixed)
 				}
@@ -185,6 +192,11 @@ func TestInstallProxyModeThenPull(t *testing.T) {
 			if code, out := runInstall(t, args("install", config, "--fix")...); code != 0 || !strings.Contains(out, "nothing to change") {
 				t.Errorf("second install --mode proxy: exit %d, output %q", code, out)
 			}
+			// install said to restart the daemon: it reads [diff] enabled = true now.
+			if err := e.daemon.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			e.daemon.Restart(t)
 			return nil
 		},
 	})
@@ -195,8 +207,22 @@ func TestInstallProxyModeThenPull(t *testing.T) {
 	if held, want := heldBlobs(t, socket), sortedContent(t, ctrd, "k8s.io"); !slices.Equal(held, want) {
 		t.Errorf("content API holds %v, containerd lists %v", held, want)
 	}
+	// Every layer was unpacked by the daemon (the daemon restarted before the pull: its
+	// counter started at zero).
+	if got := diffOps(t, e.daemon, "apply", "ok"); got != float64(len(e.im.Layers)) {
+		t.Errorf("the daemon applied %v layers, want %d", got, len(e.im.Layers))
+	}
+	applied := appliedLayers(t, e.daemon)
+	for _, l := range e.im.Layers {
+		if applied[l.Descriptor.Digest] != 1 {
+			t.Errorf("layer %s applied %d times by the daemon (its debug log), want 1", l.Descriptor.Digest, applied[l.Descriptor.Digest])
+		}
+	}
 
 	uninstallRestores(t, args("uninstall", ctrd.Config), ctrd.Config, originalConfig)
+	if b, _ := os.ReadFile(e.daemon.ConfigPath); !bytes.Equal(b, originalDaemonConfig) {
+		t.Errorf("uninstall did not restore the daemon's config:\n%s", b)
+	}
 }
 
 // Debian's containerd 1.6 (config version 2, CRI registry config_path under

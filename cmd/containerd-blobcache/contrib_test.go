@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,11 +14,22 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/diff"
 )
 
 type k8sContainer struct {
-	Name          string   `yaml:"name"`
-	Command       []string `yaml:"command"`
+	Name            string   `yaml:"name"`
+	Command         []string `yaml:"command"`
+	SecurityContext struct {
+		Capabilities struct {
+			Drop []string `yaml:"drop"`
+			Add  []string `yaml:"add"`
+		} `yaml:"capabilities"`
+	} `yaml:"securityContext"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
 	LivenessProbe struct {
 		HTTPGet struct {
 			Path string `yaml:"path"`
@@ -41,19 +53,85 @@ type k8sObject struct {
 				HostNetwork    bool           `yaml:"hostNetwork"`
 				InitContainers []k8sContainer `yaml:"initContainers"`
 				Containers     []k8sContainer `yaml:"containers"`
+				Volumes        []struct {
+					Name     string `yaml:"name"`
+					HostPath struct {
+						Path string `yaml:"path"`
+					} `yaml:"hostPath"`
+				} `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
 }
 
-// The DaemonSet's commands are ones this binary accepts, its configuration is valid, and
-// its probes point at the metrics listener that configuration opens.
+// The DaemonSets' commands are ones this binary accepts, their configuration is valid, and
+// their probes point at the metrics listener that configuration opens. The mirror-mode one
+// asks for no privilege beyond owning files; the proxy-mode one for exactly the capabilities
+// the diff API needs, and mounts the content socket's directory and containerd's snapshots.
 func TestKubernetesDaemonSet(t *testing.T) {
-	b, err := os.ReadFile("../../contrib/kubernetes/daemonset.yaml")
+	for _, tc := range []struct {
+		file   string
+		proxy  bool
+		expect string // in the init container's dry run
+	}{
+		{"daemonset.yaml", false, ""},
+		{"daemonset-proxy.yaml", true, "+[proxy_plugins.blobcache-diff]"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			ds, cm := readDaemonSet(t, tc.file)
+			cfg := checkDaemonSet(t, ds, cm, tc.expect)
+			c := ds.Spec.Template.Spec.Containers[0]
+			caps := c.SecurityContext.Capabilities
+			if !slices.Equal(caps.Drop, []string{"ALL"}) {
+				t.Errorf("container drops %v, want ALL", caps.Drop)
+			}
+			want := []string{"CHOWN", "DAC_OVERRIDE", "FOWNER"}
+			if tc.proxy {
+				want = nil
+				for _, name := range diff.RequiredCapabilities() {
+					want = append(want, strings.TrimPrefix(name, "CAP_"))
+				}
+			}
+			if got := slices.Sorted(slices.Values(caps.Add)); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+				t.Errorf("container adds capabilities %v, want %v", caps.Add, want)
+			}
+			if tc.proxy != (cfg.Content.Enabled && cfg.Diff.Enabled) {
+				t.Errorf("config.toml: content %v, diff %v", cfg.Content.Enabled, cfg.Diff.Enabled)
+			}
+			if !tc.proxy {
+				return
+			}
+			// Mounted at the same path as on the host: containerd names host paths.
+			for _, hostDir := range []string{filepath.Dir(cfg.Content.Address), "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs", filepath.Dir(cfg.Diff.ContainerdAddress)} {
+				if !mountsHostPath(ds, c, hostDir) {
+					t.Errorf("container does not mount host path %s at the same path", hostDir)
+				}
+			}
+		})
+	}
+}
+
+// mountsHostPath reports whether container c mounts the hostPath volume of path at path.
+func mountsHostPath(ds *k8sObject, c k8sContainer, path string) bool {
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.HostPath.Path != path {
+			continue
+		}
+		for _, m := range c.VolumeMounts {
+			if m.Name == v.Name && m.MountPath == path {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func readDaemonSet(t *testing.T, file string) (ds, cm *k8sObject) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("../../contrib/kubernetes", file))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ds, cm *k8sObject
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	for {
 		var o k8sObject
@@ -72,6 +150,13 @@ func TestKubernetesDaemonSet(t *testing.T) {
 	if ds == nil || cm == nil {
 		t.Fatal("manifest lacks the DaemonSet or the ConfigMap")
 	}
+	return ds, cm
+}
+
+// checkDaemonSet checks the probes against the ConfigMap's config and dry-runs the init
+// container's install on containerd 2.4.2's default config: its output must contain expect.
+func checkDaemonSet(t *testing.T, ds, cm *k8sObject, expect string) config.Config {
+	t.Helper()
 	cfg, err := config.Parse([]byte(cm.Data["config.toml"]))
 	if err != nil {
 		t.Fatalf("ConfigMap config.toml: %v", err)
@@ -114,9 +199,10 @@ func TestKubernetesDaemonSet(t *testing.T) {
 	if code := run(args, &out, &errOut); code != 0 {
 		t.Fatalf("init container's install: exit %d\n%s", code, errOut.String())
 	}
-	if !strings.Contains(out.String(), `+[host."http://`+cfg.Mirror.Address+`"]`) {
-		t.Errorf("install does not point hosts.toml at %s:\n%s", cfg.Mirror.Address, out.String())
+	if !strings.Contains(out.String(), `+[host."http://`+cfg.Mirror.Address+`"]`) || !strings.Contains(out.String(), expect) {
+		t.Errorf("install does not point hosts.toml at %s (or lacks %q):\n%s", cfg.Mirror.Address, expect, out.String())
 	}
+	return cfg
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

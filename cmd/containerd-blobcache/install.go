@@ -17,6 +17,11 @@ const installUsage = `
       --registry), check containerd's config.toml and, with --fix (or --yes),
       fix what would keep containerd from using the cache. --dry-run prints
       the diff and changes nothing. Exits 1 while a problem is left.
+      --mode proxy (containerd 2.x only; refused for a 1.x config) also makes
+      the daemon containerd's content store and differ: [proxy_plugins]
+      content and diff entries, the transfer service's unpack_config differ,
+      the diff service's default list, and, in the daemon's --config file,
+      [content] and [diff] enabled.
   containerd-blobcache uninstall [same flags]
       Undo install: restore the backups, remove what install created.
 `
@@ -33,10 +38,10 @@ func installCmd(uninstall bool, args []string, stdout, stderr io.Writer) error {
 		name = "uninstall"
 	}
 	fs := newFlags(name, stderr)
-	mode := fs.String("mode", "mirror", "mirror (hosts.toml only) or proxy (also containerd's content store)")
+	mode := fs.String("mode", "mirror", "mirror (hosts.toml only) or proxy (also containerd's content store and differ)")
 	hostsDir := fs.String("hosts-dir", "", "containerd's hosts directory (default: the config's config_path, else "+install.DefaultHostsDir+")")
 	ctrdConfig := fs.String("containerd-config", install.DefaultContainerdConfig, "containerd's config.toml to check (empty: do not check)")
-	daemonConfig := fs.String("config", "", "the daemon's configuration, for the mirror address and content socket (default: built-in defaults)")
+	daemonConfig := fs.String("config", "", "the daemon's configuration, for the mirror address and content socket; proxy mode checks (and with --fix sets) content and diff enabled in it (default: built-in defaults)")
 	mirrorURL := fs.String("mirror-url", "", "the mirror's URL in hosts.toml (default: http:// + mirror.address)")
 	var registries stringList
 	fs.Var(&registries, "registry", "write hosts.toml for this registry (repeatable; default: _default, every registry)")
@@ -59,6 +64,7 @@ func installCmd(uninstall bool, args []string, stdout, stderr io.Writer) error {
 		ContainerdConfig: *ctrdConfig,
 		MirrorURL:        *mirrorURL,
 		ContentAddress:   cfg.Content.Address,
+		DaemonConfig:     *daemonConfig,
 		Registries:       registries,
 		Fix:              *fix || *yes,
 	}
@@ -82,10 +88,11 @@ func installCmd(uninstall bool, args []string, stdout, stderr io.Writer) error {
 	if *dryRun {
 		verb = "would change"
 	}
-	configChanged := false
+	configChanged, daemonChanged := false, false
 	for _, c := range p.Changes {
 		fmt.Fprintf(stderr, "%s %s\n", verb, c.Path)
 		configChanged = configChanged || c.Path == opts.ContainerdConfig
+		daemonChanged = daemonChanged || (opts.DaemonConfig != "" && c.Path == opts.DaemonConfig)
 	}
 	if len(p.Changes) == 0 {
 		fmt.Fprintln(stderr, "nothing to change")
@@ -105,6 +112,9 @@ func installCmd(uninstall bool, args []string, stdout, stderr io.Writer) error {
 		if !p.Fixed[i] && f.Fix != "" {
 			fmt.Fprintf(stderr, "  fix with --fix: %s\n", f.Fix)
 		}
+	}
+	if daemonChanged && !*dryRun {
+		fmt.Fprintf(stderr, "restart containerd-blobcache to read %s, before containerd\n", opts.DaemonConfig)
 	}
 	if configChanged && !*dryRun {
 		fmt.Fprintf(stderr, "restart containerd to read %s (hosts.toml files are read at every pull)\n", opts.ContainerdConfig)

@@ -25,8 +25,16 @@ const ContentProxyName = "blobcache"
 const DiffProxyName = "blobcache-diff"
 
 // DiffConfig is the daemon configuration (for DaemonConfig.Extra, after ContentConfig) that
-// serves the diff API on the content socket.
+// serves the diff API on the content socket. Compare then writes its layers through
+// containerd at the default socket (/run/containerd/containerd.sock); a test that compares
+// through its own containerd uses DiffConfigFor.
 const DiffConfig = "[diff]\nenabled = true\n"
+
+// DiffConfigFor is DiffConfig with containerd's socket, through which Compare writes the
+// layers it makes in the caller's namespace.
+func DiffConfigFor(containerdSocket string) string {
+	return DiffConfig + "containerd_address = " + tomlString(containerdSocket) + "\n"
+}
 
 // ProxyDiffConfig is the containerd configuration (version 3) that makes the daemon's diff
 // API on socket containerd's differ: for the transfer service's unpacks (ctr image pull, CRI)

@@ -71,7 +71,13 @@ type ContentConfig struct {
 // socket for a containerd [proxy_plugins] entry of type "diff".
 type DiffConfig struct {
 	Enabled bool `toml:"enabled"`
+	// ContainerdAddress is containerd's own socket: Compare writes the layers it makes
+	// through containerd's content API, so that they belong to the caller's namespace.
+	ContainerdAddress string `toml:"containerd_address"`
 }
+
+// DefaultContainerdAddress is containerd's socket on a node.
+const DefaultContainerdAddress = "/run/containerd/containerd.sock"
 
 // MetricsConfig configures the listener of /metrics, /healthz and /readyz.
 type MetricsConfig struct {
@@ -171,7 +177,7 @@ func Default() Config {
 		},
 		// Off by default: applying layers writes into containerd's snapshot directories and
 		// mounts, which needs root's capabilities (proxy mode's unit grants them).
-		Diff:    DiffConfig{Enabled: false},
+		Diff:    DiffConfig{Enabled: false, ContainerdAddress: DefaultContainerdAddress},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
 		Admin:   AdminConfig{Address: DefaultAdminAddress},
 	}
@@ -307,6 +313,9 @@ func (c Config) Validate() error {
 		// The diff API is served on the content API's socket and gRPC server; containerd's
 		// proxy diff plugin points at that socket.
 		return bad("diff.enabled", "the diff API is served on the content socket: set content.enabled = true as well")
+	}
+	if a := c.Diff.ContainerdAddress; !path.IsAbs(a) || len(a) > 107 {
+		return bad("diff.containerd_address", "%q is not an absolute path of at most 107 bytes (containerd's socket)", a)
 	}
 	if err := validDebugAddress(c.Debug.Address); err != nil {
 		return bad("debug.address", "%v", err)

@@ -129,6 +129,7 @@ func TestParseRefusesAndNamesTheKey(t *testing.T) {
 		{"content shutdown timeout", "[content]\nshutdown_timeout = \"0s\"", "content.shutdown_timeout"},
 		{"content enabled not a bool", "[content]\nenabled = \"yes\"", "enabled"},
 		{"diff without content", "[diff]\nenabled = true", "content.enabled"},
+		{"relative containerd socket", "[diff]\ncontainerd_address = \"containerd.sock\"", "diff.containerd_address"},
 		{"diff enabled not a bool", "[diff]\nenabled = 1", "enabled"},
 		{"not toml", "root = ", ""},
 	} {

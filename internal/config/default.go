@@ -165,6 +165,12 @@ log_level = "info"
   #     default = ["blobcache-diff", "walking"]
   enabled = false
 
+  # containerd's own socket. Compare (a layer made from two snapshots: ctr snapshot diff,
+  # commits) writes its layer through containerd's content API, in the caller's namespace
+  # and lease, so that containerd lists it there; the bytes still land in this daemon's
+  # store. Dialled when a Compare needs it, not at start.
+  containerd_address = "/run/containerd/containerd.sock"
+
 [metrics]
   # Listener of /metrics (Prometheus, containerd_blobcache_*), /healthz (the process
   # answers) and /readyz (the listeners accept; 503 while starting or shutting down). Keep

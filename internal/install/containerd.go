@@ -13,7 +13,8 @@ const WasPrefix = "# containerd-blobcache was: "
 // ContentPluginID is containerd's built-in content store, disabled in proxy mode.
 const ContentPluginID = "io.containerd.content.v1.content"
 
-// ProxyPluginName is the [proxy_plugins] entry install writes (not a built-in plugin ID).
+// ProxyPluginName is the [proxy_plugins] entry of type content install writes (not a
+// built-in plugin ID).
 const ProxyPluginName = "blobcache"
 
 // Finding is something in containerd's config.toml that keeps the cache from being used.
@@ -113,43 +114,13 @@ func (c configCheck) analyze(text string) ([]Finding, []func([]string) ([]string
 	if c.mode != ModeProxy {
 		return findings, fixes, nil
 	}
-	disabled, _ := doc["disabled_plugins"].([]any)
-	var disabledNames []string
-	hasContent := false
-	for _, d := range disabled {
-		s, _ := d.(string)
-		disabledNames = append(disabledNames, s)
-		hasContent = hasContent || s == ContentPluginID
+	if version < 3 {
+		// Install refuses this before analysing (proxyVersionError); a config edited by
+		// hand in between is reported, not fixed.
+		add(Finding{Problem: proxyVersionError(version).Error()}, nil)
+		return findings, fixes, nil
 	}
-	if !hasContent {
-		add(Finding{
-			Problem: fmt.Sprintf("disabled_plugins does not list %q: containerd keeps its own content store and does not use the daemon's", ContentPluginID),
-			Fix:     fmt.Sprintf("add %q to disabled_plugins", ContentPluginID),
-		}, func(lines []string) ([]string, error) {
-			return setTopLevel(lines, "disabled_plugins", quoteList(append(disabledNames, ContentPluginID)))
-		})
-	}
-	proxies, _ := doc["proxy_plugins"].(map[string]any)
-	found := false
-	for name, p := range proxies {
-		pm, _ := p.(map[string]any)
-		if pm["type"] == "content" && pm["address"] == c.contentAddress {
-			found = true
-		} else if name == ProxyPluginName {
-			add(Finding{Problem: fmt.Sprintf("[proxy_plugins.%s] exists with type %v and address %v, not type \"content\" at %q: change it by hand", name, pm["type"], pm["address"], c.contentAddress)}, nil)
-			found = true
-		}
-	}
-	if !found {
-		add(Finding{
-			Problem: fmt.Sprintf("no [proxy_plugins] entry of type \"content\" at %q: containerd does not reach the daemon's content API", c.contentAddress),
-			Fix:     fmt.Sprintf("add [proxy_plugins.%s] type = \"content\", address = %q", ProxyPluginName, c.contentAddress),
-		}, func(lines []string) ([]string, error) {
-			return appendTable(lines, []string{"proxy_plugins", ProxyPluginName}, []string{
-				`type = "content"`, "address = " + quote(c.contentAddress),
-			}), nil
-		})
-	}
+	c.analyzeProxy(doc, add)
 	return findings, fixes, nil
 }
 
@@ -189,18 +160,7 @@ func setKey(lines []string, key []string, name, value string) ([]string, error) 
 	if !ok {
 		return appendTable(lines, key, []string{name + " = " + value}), nil
 	}
-	indent := indentOf(lines, start+1, end, strings.Repeat(" ", 2)+lines[start][:len(lines[start])-len(strings.TrimLeft(lines[start], " \t"))])
-	i, oneLine := findKeyLine(lines, start+1, end, name)
-	switch {
-	case i < 0:
-		out := append([]string{}, lines[:start+1]...)
-		out = append(out, indent+name+" = "+value+" "+Marker)
-		return append(out, lines[start+1:]...), nil
-	case !oneLine:
-		return nil, fmt.Errorf("%s %s spans several lines: change it by hand", tableName(key), name)
-	default:
-		return replaceLine(lines, i, lines[i][:len(lines[i])-len(strings.TrimLeft(lines[i], " \t"))]+name+" = "+value), nil
-	}
+	return setKeyIn(lines, start, end, tableName(key), name, value)
 }
 
 // setTopLevel sets a top-level key: replaces its one-line value or adds it before the first

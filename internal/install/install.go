@@ -44,6 +44,9 @@ type Options struct {
 	MirrorURL string
 	// ContentAddress is the daemon's content socket (proxy mode).
 	ContentAddress string
+	// DaemonConfig is the daemon's own config.toml; in proxy mode it must enable the content
+	// and diff APIs (--fix sets them).
+	DaemonConfig string
 	// Registries get a hosts.toml each; empty: _default (every registry without its own).
 	Registries []string
 	// Fix lets install change containerd's config.toml.
@@ -152,6 +155,14 @@ func Install(opts Options) (*Plan, error) {
 			return nil, fmt.Errorf("read containerd config: %w", err)
 		}
 	}
+	if opts.Mode == ModeProxy && cfgExists {
+		// Refused before anything is planned: nothing of proxy mode would work.
+		if doc, err := decode(cfgText); err == nil {
+			if v := configVersion(doc); v == 2 {
+				return nil, fmt.Errorf("%s: %w", opts.ContainerdConfig, proxyVersionError(v))
+			}
+		}
+	}
 	p := &Plan{HostsDir: resolveHostsDir(opts, cfgText)}
 	for _, r := range opts.Registries {
 		path := filepath.Join(p.HostsDir, r, "hosts.toml")
@@ -167,13 +178,17 @@ func Install(opts Options) (*Plan, error) {
 			p.Changes = append(p.Changes, FileChange{Path: path, Before: before, After: after, Existed: existed, Backup: backupFor(path, existed)})
 		}
 	}
+	if opts.Mode == ModeProxy {
+		if err := p.planDaemonConfig(opts.DaemonConfig, opts.Fix); err != nil {
+			return nil, err
+		}
+	}
 	if opts.ContainerdConfig == "" {
 		return p, nil
 	}
 	if !cfgExists {
 		p.Notes = append(p.Notes, fmt.Sprintf("%s does not exist: containerd runs on its defaults, which set no config_path. Write it with `containerd config default > %s`, then run install again", opts.ContainerdConfig, opts.ContainerdConfig))
-		p.Findings = append(p.Findings, Finding{Problem: opts.ContainerdConfig + " does not exist, so config_path is not set"})
-		p.Fixed = append(p.Fixed, false)
+		p.addFinding(Finding{Problem: opts.ContainerdConfig + " does not exist, so config_path is not set"}, false)
 		return p, nil
 	}
 	check := configCheck{mode: opts.Mode, hostsDir: p.HostsDir, contentAddress: opts.ContentAddress}
@@ -181,8 +196,13 @@ func Install(opts Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", opts.ContainerdConfig, err)
 	}
-	p.Findings = findings
-	p.Fixed = make([]bool, len(findings))
+	fixed := make([]bool, len(findings))
+	// The containerd config's findings are added whatever happens below.
+	defer func() {
+		for i, f := range findings {
+			p.addFinding(f, fixed[i])
+		}
+	}()
 	if !opts.Fix {
 		return p, nil
 	}
@@ -197,7 +217,7 @@ func Install(opts Options) (*Plan, error) {
 			continue
 		}
 		lines = next
-		p.Fixed[i] = true
+		fixed[i] = true
 	}
 	after := joinLines(lines)
 	// Every edit is checked by parsing the result and analysing it again.
@@ -207,7 +227,7 @@ func Install(opts Options) (*Plan, error) {
 	}
 	for _, f := range left {
 		for i, g := range findings {
-			if g.Problem == f.Problem && p.Fixed[i] {
+			if g.Problem == f.Problem && fixed[i] {
 				return nil, fmt.Errorf("%s: the edit did not fix %q; change it by hand", opts.ContainerdConfig, f.Problem)
 			}
 		}
@@ -261,6 +281,17 @@ func Uninstall(opts Options) (*Plan, error) {
 	if opts.ContainerdConfig != "" && cfgText != "" {
 		p.addRevert(opts.ContainerdConfig, cfgText, revertConfig(cfgText), false)
 	}
+	if opts.DaemonConfig != "" {
+		// Only what install marked is taken out: a daemon config install never touched
+		// stays as it is.
+		text, _, err := readOptional(opts.DaemonConfig)
+		if err != nil {
+			return nil, err
+		}
+		if text != "" {
+			p.addRevert(opts.DaemonConfig, text, revertConfig(text), false)
+		}
+	}
 	return p, nil
 }
 
@@ -269,7 +300,10 @@ func (p *Plan) addRevert(path, current, reverted string, remove bool) {
 	c := FileChange{Path: path, Before: current, After: reverted, Remove: remove, Existed: true}
 	if hasBackup {
 		c.Backup = path + BackupSuffix
-		if reverted == backup || remove {
+		// The blank lines install put before the tables it appended are not marked: a file
+		// that ended with a blank line of its own reverts to one fewer. That is still the
+		// unedited original, so the backup's bytes come back.
+		if reverted == backup || remove || strings.TrimRight(reverted, "\n") == strings.TrimRight(backup, "\n") {
 			c.After, c.Remove, c.RemoveBackup = backup, false, true
 		} else {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s was edited after install: its installer lines are taken out, and the original stays in %s", path, c.Backup))

@@ -9,11 +9,19 @@ import (
 	"testing"
 )
 
-// node is a copy of a config.toml in a temporary /etc/containerd, with an empty certs.d.
+// node is a copy of a config.toml in a temporary /etc/containerd, with an empty certs.d, and
+// the daemon's own config.toml (content API off, no [diff] table).
 type node struct {
 	dir, config, hosts string
 	original           string
+	daemon             string
 }
+
+const daemonConfigText = `root = "/var/lib/containerd-blobcache"
+
+[content]
+  enabled = false
+`
 
 func newNode(t *testing.T, testdata string) *node {
 	t.Helper()
@@ -22,8 +30,11 @@ func newNode(t *testing.T, testdata string) *node {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	n := &node{dir: dir, config: filepath.Join(dir, "config.toml"), hosts: filepath.Join(dir, "certs.d"), original: string(b)}
+	n := &node{dir: dir, config: filepath.Join(dir, "config.toml"), hosts: filepath.Join(dir, "certs.d"), original: string(b), daemon: filepath.Join(dir, "blobcache.toml")}
 	if err := os.WriteFile(n.config, b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(n.daemon, []byte(daemonConfigText), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -41,8 +52,23 @@ func (n *node) read(t *testing.T, path string) (string, bool) {
 	return string(b), true
 }
 
+// assertUntouched checks that what (a step that must write nothing) left containerd's config,
+// the daemon's config and the hosts directory as they were.
+func (n *node) assertUntouched(t *testing.T, what string) {
+	t.Helper()
+	if cfg, _ := n.read(t, n.config); cfg != n.original {
+		t.Errorf("%s changed containerd's config", what)
+	}
+	if cfg, _ := n.read(t, n.daemon); cfg != daemonConfigText {
+		t.Errorf("%s changed the daemon's config", what)
+	}
+	if _, err := os.Lstat(n.hosts); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s created the hosts directory", what)
+	}
+}
+
 func (n *node) opts(mode Mode, fix bool) Options {
-	return Options{Mode: mode, HostsDir: n.hosts, ContainerdConfig: n.config, Fix: fix, MirrorURL: "http://127.0.0.1:5055"}
+	return Options{Mode: mode, HostsDir: n.hosts, ContainerdConfig: n.config, DaemonConfig: n.daemon, Fix: fix, MirrorURL: "http://127.0.0.1:5055"}
 }
 
 func mustPlan(t *testing.T, f func(Options) (*Plan, error), o Options) *Plan {
@@ -59,23 +85,29 @@ func mustPlan(t *testing.T, f func(Options) (*Plan, error), o Options) *Plan {
 // the original bytes.
 func TestInstallUninstallRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
-		file     string
-		version  string
-		findings int // in proxy mode; mirror mode has 2 fewer
+		file    string
+		version string
+		// findings in mirror mode; proxy mode adds 7 (5 in containerd's config, 2 in the
+		// daemon's) on containerd 2.x and refuses version 2 configs.
+		findings int
 	}{
-		{"config-v4-containerd-2.4.2-default.toml", "4", 3},  // config_path unset
-		{"config-v2-containerd-1.6.20-default.toml", "2", 3}, // config_path unset
-		{"config-v3-node.toml", "3", 3},                      // config_path a list
-		{"config-v2-mirrors.toml", "2", 4},                   // no config_path, mirrors set
+		{"config-v4-containerd-2.4.2-default.toml", "4", 1},  // config_path unset
+		{"config-v2-containerd-1.6.20-default.toml", "2", 1}, // config_path unset
+		{"config-v3-node.toml", "3", 1},                      // config_path a list
+		{"config-v2-mirrors.toml", "2", 2},                   // no config_path, mirrors set
 	} {
 		for _, mode := range []Mode{ModeMirror, ModeProxy} {
 			t.Run(tc.file+"/"+string(mode), func(t *testing.T) {
 				n := newNode(t, tc.file)
 				o := n.opts(mode, true)
+				if mode == ModeProxy && tc.version == "2" {
+					assertProxyRefused(t, n, o)
+					return
+				}
 				p := mustPlan(t, Install, o)
 				want := tc.findings
-				if mode == ModeMirror {
-					want -= 2
+				if mode == ModeProxy {
+					want += 7
 				}
 				if len(p.Findings) != want || len(p.Unresolved()) != 0 {
 					t.Fatalf("findings %+v (fixed %v), want %d all fixed; notes %v", p.Findings, p.Fixed, want, p.Notes)
@@ -101,6 +133,7 @@ func TestInstallUninstallRoundTrip(t *testing.T) {
 					if v, _ := lookup(doc, "proxy_plugins", ProxyPluginName, "address"); v != o.ContentAddress && v != "/run/containerd-blobcache/content.sock" {
 						t.Fatalf("proxy plugin address %v", v)
 					}
+					assertDiffInstalled(t, doc, n.daemon)
 				}
 				hosts, ok := n.read(t, filepath.Join(n.hosts, "_default", "hosts.toml"))
 				if !ok || !strings.Contains(hosts, `[host."http://127.0.0.1:5055"]`) {
@@ -127,7 +160,10 @@ func TestInstallUninstallRoundTrip(t *testing.T) {
 				if cfg, _ := n.read(t, n.config); cfg != n.original {
 					t.Fatalf("uninstall did not restore the config:\n%s", unified(splitLines(n.original), splitLines(cfg), 2))
 				}
-				for _, gone := range []string{n.config + BackupSuffix, filepath.Join(n.hosts, "_default", "hosts.toml"), filepath.Join(n.hosts, "_default")} {
+				if cfg, _ := n.read(t, n.daemon); cfg != daemonConfigText {
+					t.Fatalf("uninstall did not restore the daemon's config:\n%s", unified(splitLines(daemonConfigText), splitLines(cfg), 2))
+				}
+				for _, gone := range []string{n.config + BackupSuffix, n.daemon + BackupSuffix, filepath.Join(n.hosts, "_default", "hosts.toml"), filepath.Join(n.hosts, "_default")} {
 					if _, err := os.Lstat(gone); !errors.Is(err, fs.ErrNotExist) {
 						t.Errorf("%s left after uninstall (%v)", gone, err)
 					}
@@ -167,6 +203,12 @@ func TestDryRunDiff(t *testing.T) {
 		"-      config_path = ''\n+# containerd-blobcache was:       config_path = ''\n+      config_path = " + quote(n.hosts) + " # containerd-blobcache\n",
 		"-disabled_plugins = []\n+# containerd-blobcache was: disabled_plugins = []\n+disabled_plugins = [\"io.containerd.content.v1.content\"] # containerd-blobcache\n",
 		"+[proxy_plugins.blobcache] # containerd-blobcache\n",
+		"+[proxy_plugins.blobcache-diff] # containerd-blobcache\n+  type = \"diff\" # containerd-blobcache\n",
+		"+[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]] # containerd-blobcache\n",
+		"+  differ = \"blobcache-diff\" # containerd-blobcache\n",
+		"-    default = ['walking']\n+# containerd-blobcache was:     default = ['walking']\n+    default = [\"blobcache-diff\", \"walking\"] # containerd-blobcache\n",
+		"--- " + n.daemon + "\n+++ " + n.daemon + "\n",
+		"+[diff] # containerd-blobcache\n+  enabled = true # containerd-blobcache\n",
 		"(original saved as " + n.config + BackupSuffix + ")",
 	} {
 		if !strings.Contains(diff, want) {
@@ -176,12 +218,7 @@ func TestDryRunDiff(t *testing.T) {
 	if t.Failed() {
 		t.Logf("diff:\n%s", diff)
 	}
-	if cfg, _ := n.read(t, n.config); cfg != n.original {
-		t.Fatal("planning changed the config")
-	}
-	if _, err := os.Lstat(n.hosts); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatal("planning created the hosts directory")
-	}
+	n.assertUntouched(t, "planning")
 }
 
 // Without --fix the problems are reported and containerd's config is left alone.

@@ -182,3 +182,49 @@ func lookup(doc map[string]any, key ...string) (any, bool) {
 	}
 	return cur, true
 }
+
+// arrayTableRanges are the lines of each [[key]] table, in file order: from its header to the
+// line before the next header (or the end).
+func arrayTableRanges(lines []string, key []string) [][2]int {
+	hs := tableHeaders(lines)
+	var out [][2]int
+	for i, h := range hs {
+		if h.array && keyEqual(h.key, key) {
+			end := len(lines)
+			if i+1 < len(hs) {
+				end = hs[i+1].line
+			}
+			out = append(out, [2]int{h.line, end})
+		}
+	}
+	return out
+}
+
+// appendArrayTable appends a new [[key]] table with body.
+func appendArrayTable(lines []string, key []string, body []string) []string {
+	out := appendTable(lines, key, body)
+	for i := len(out) - 1; i >= 0; i-- {
+		if strings.HasPrefix(out[i], "[") {
+			out[i] = "[" + strings.TrimSuffix(out[i], " "+Marker) + "] " + Marker
+			break
+		}
+	}
+	return out
+}
+
+// setKeyIn sets name = value in the table whose lines are lines[start:end] (start is its
+// header): replaces a one-line value or inserts the key after the header.
+func setKeyIn(lines []string, start, end int, tableDesc, name, value string) ([]string, error) {
+	indent := indentOf(lines, start+1, end, strings.Repeat(" ", 2)+lines[start][:len(lines[start])-len(strings.TrimLeft(lines[start], " \t"))])
+	i, oneLine := findKeyLine(lines, start+1, end, name)
+	switch {
+	case i < 0:
+		out := append([]string{}, lines[:start+1]...)
+		out = append(out, indent+name+" = "+value+" "+Marker)
+		return append(out, lines[start+1:]...), nil
+	case !oneLine:
+		return nil, fmt.Errorf("%s %s spans several lines: change it by hand", tableDesc, name)
+	default:
+		return replaceLine(lines, i, lines[i][:len(lines[i])-len(strings.TrimLeft(lines[i], " \t"))]+name+" = "+value), nil
+	}
+}

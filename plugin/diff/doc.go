@@ -14,8 +14,10 @@
 // The pieces are containerd's own, so a layer is unpacked exactly as containerd's built-in
 // differ does it: contrib/diffservice is the gRPC server, core/diff/apply the applier (for an
 // overlayfs snapshot it writes straight into the upper directory, converting whiteouts; the
-// first layer of a chain is a bind mount), plugins/diff/walking the comparer, whose new layer
-// is written into the daemon's content store (containerd's content store in proxy mode).
+// first layer of a chain is a bind mount), plugins/diff/walking the comparer. The layer a
+// Compare makes is written through containerd's own content API in the caller's namespace
+// and lease (which containerd forwards in the gRPC metadata), so that the caller finds it in
+// its namespace; in proxy mode the bytes land in the daemon's store through containerd.
 //
 // Applying needs root's capabilities (see privileges.go). A daemon without them still serves
 // the API, answers Apply and Compare with FailedPrecondition naming what is missing, and says

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -36,6 +37,18 @@ var applyNeeds = []capability{
 var compareNeeds = []capability{
 	{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN", "mount the snapshots to compare"},
 	{unix.CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE", "read every file whatever its mode"},
+}
+
+// RequiredCapabilities names (CAP_...) what Apply and Compare need together: what proxy mode's
+// systemd drop-in and DaemonSet grant.
+func RequiredCapabilities() []string {
+	var out []string
+	for _, c := range append(append([]capability{}, applyNeeds...), compareNeeds...) {
+		if !slices.Contains(out, c.name) {
+			out = append(out, c.name)
+		}
+	}
+	return out
 }
 
 // CapSet is a set of Linux capabilities as the kernel writes it in /proc/<pid>/status: bit n

@@ -2,6 +2,7 @@ package diff
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
@@ -9,7 +10,9 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/diff"
 	"github.com/containerd/containerd/v2/core/diff/apply"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/plugins/diff/walking"
 	"github.com/containerd/log"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -32,9 +35,14 @@ type Observer interface {
 
 // Options configures New.
 type Options struct {
-	// Store is the daemon's content store: Apply reads layers from it (local files), Compare
-	// writes the layers it makes into it.
+	// Store is the daemon's content store: Apply reads layers from it (local files), and
+	// Compare writes the layers it makes into it when the call carries no namespace.
 	Store content.Store
+	// Containerd is containerd's own content API (a client of its socket). A Compare from
+	// containerd carries the caller's namespace (and lease): its layer is written through
+	// containerd, so that containerd records it in that namespace — in proxy mode the bytes
+	// still land in Store, through containerd's content plugin. nil: always into Store.
+	Containerd content.Store
 	// Observer, when not nil, is told about every call.
 	Observer Observer
 	// Capabilities is the effective capability set the operations are checked against; nil
@@ -64,7 +72,10 @@ func New(ctx context.Context, opts Options) *Service {
 		}
 	}
 	a := &applier{next: apply.NewFileSystemApplier(opts.Store), observer: opts.Observer, missing: caps.missing(applyNeeds)}
-	c := &comparer{next: walking.NewWalkingDiff(opts.Store), observer: opts.Observer, missing: caps.missing(compareNeeds)}
+	c := &comparer{local: walking.NewWalkingDiff(opts.Store), observer: opts.Observer, missing: caps.missing(compareNeeds)}
+	if opts.Containerd != nil {
+		c.viaContainerd = walking.NewWalkingDiff(opts.Containerd)
+	}
 	if len(a.missing) > 0 {
 		log.G(ctx).WithField("missing", capabilityNames(a.missing)).
 			Warn("diff API: the daemon lacks capabilities to apply layers; containerd's unpacks through it will fail (run it as root with proxy mode's unit)")
@@ -113,9 +124,27 @@ func (a *applier) Apply(ctx context.Context, desc ocispec.Descriptor, mounts []m
 // comparer is containerd's walking comparer with the capability check, a log line and the
 // observer.
 type comparer struct {
-	next     diff.Comparer
-	observer Observer
-	missing  []capability
+	// local writes into the daemon's store; viaContainerd (may be nil) through containerd.
+	local, viaContainerd diff.Comparer
+	observer             Observer
+	missing              []capability
+}
+
+// pick is the comparer for a call: through containerd, in the caller's namespace and lease,
+// when the call carries a namespace (containerd's diff proxy forwards it in the gRPC
+// metadata); the layer would otherwise be in no namespace and containerd's client would not
+// find it.
+func (c *comparer) pick(ctx context.Context) (context.Context, diff.Comparer) {
+	ns, ok := namespaces.Namespace(ctx)
+	if !ok || c.viaContainerd == nil {
+		return ctx, c.local
+	}
+	// Set as context values, they are sent as the outgoing call's headers too.
+	ctx = namespaces.WithNamespace(ctx, ns)
+	if lease, ok := leases.FromContext(ctx); ok {
+		ctx = leases.WithLease(ctx, lease)
+	}
+	return ctx, c.viaContainerd
 }
 
 func (c *comparer) Compare(ctx context.Context, lower, upper []mount.Mount, opts ...diff.Opt) (ocispec.Descriptor, error) {
@@ -127,7 +156,11 @@ func (c *comparer) Compare(ctx context.Context, lower, upper []mount.Mount, opts
 	if len(c.missing) > 0 {
 		err = privilegeError("comparing snapshots", c.missing)
 	} else {
-		layer, err = c.next.Compare(ctx, lower, upper, opts...)
+		cctx, next := c.pick(ctx)
+		layer, err = next.Compare(cctx, lower, upper, opts...)
+		if err != nil && next == c.viaContainerd {
+			err = fmt.Errorf("compare, writing the layer through containerd's content API (diff.containerd_address): %w", err)
+		}
 	}
 	d := time.Since(start)
 	if c.observer != nil {

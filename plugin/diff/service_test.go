@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
 )
 
@@ -191,4 +192,39 @@ func TestCompareWithoutCapabilitiesNamesThem(t *testing.T) {
 	if got := obs.list(); got != "compare error" {
 		t.Errorf("observed %q, want one failed compare", got)
 	}
+}
+
+// A Compare that containerd forwards carries the caller's namespace and lease in the gRPC
+// metadata: the layer is written through containerd with both; a call without a namespace
+// writes into the daemon's store.
+func TestCompareWritesThroughContainerdInTheCallersNamespace(t *testing.T) {
+	local, viaContainerd := walkingStub("local"), walkingStub("containerd")
+	c := &comparer{local: local, viaContainerd: viaContainerd}
+
+	in := metadata.NewIncomingContext(context.Background(), metadata.Pairs("containerd-namespace", "k8s.io", "containerd-lease", "lease-1"))
+	ctx, next := c.pick(in)
+	if next != viaContainerd {
+		t.Fatal("a call with a namespace does not write through containerd")
+	}
+	out, _ := metadata.FromOutgoingContext(ctx)
+	if got := out.Get("containerd-namespace"); len(got) != 1 || got[0] != "k8s.io" {
+		t.Errorf("outgoing namespace %v, want k8s.io", got)
+	}
+	if got := out.Get("containerd-lease"); len(got) != 1 || got[0] != "lease-1" {
+		t.Errorf("outgoing lease %v, want lease-1", got)
+	}
+
+	if _, next := c.pick(context.Background()); next != local {
+		t.Error("a call without a namespace does not write into the daemon's store")
+	}
+	if _, next := (&comparer{local: local}).pick(in); next != local {
+		t.Error("without a containerd client, a call with a namespace does not write into the daemon's store")
+	}
+}
+
+// walkingStub is a comparer that is only compared by identity.
+type walkingStub string
+
+func (walkingStub) Compare(context.Context, []mount.Mount, []mount.Mount, ...diff.Opt) (ocispec.Descriptor, error) {
+	return ocispec.Descriptor{}, errdefs.ErrNotImplemented
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"google.golang.org/grpc"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
@@ -30,6 +31,8 @@ type Server struct {
 	mirrorServer   *http.Server
 	// content is nil when the content API is disabled.
 	content *content.Service
+	// containerd is the diff API's connection to containerd's socket; nil without it.
+	containerd *grpc.ClientConn
 	// ops is the metrics and health listener (see ops.go); nil when disabled.
 	ops    *opsServer
 	health *metrics.Health
@@ -76,6 +79,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 
 	// The content socket comes next: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
+	var containerdConn *grpc.ClientConn
 	if cfg.Content.Enabled {
 		cln, err := unixsock.Listen(ctx, cfg.Content.Address, cfg.Content.SocketGroup)
 		if err != nil {
@@ -88,9 +92,11 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		}
 		undo = append(undo, func() { contentSvc.Close() })
 		if cfg.Diff.Enabled {
-			if err := addDiff(ctx, cfg, contentSvc, ops.diffObserver()); err != nil {
+			containerdConn, err = addDiff(ctx, cfg, contentSvc, ops.diffObserver())
+			if err != nil {
 				return nil, err
 			}
+			undo = append(undo, func() { containerdConn.Close() })
 		}
 	}
 
@@ -149,7 +155,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, containerd: containerdConn, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
@@ -235,6 +241,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := <-mirrorErr; err != nil {
 		serveErr = errors.Join(serveErr, fmt.Errorf("mirror server: %w", err))
 	}
+	if s.containerd != nil {
+		s.containerd.Close()
+	}
 	if err := s.store.Close(); err != nil {
 		serveErr = errors.Join(serveErr, fmt.Errorf("close store: %w", err))
 	}
@@ -253,6 +262,9 @@ func (s *Server) Close() error {
 	s.adminListener.Close()
 	if s.content != nil {
 		s.content.Close()
+	}
+	if s.containerd != nil {
+		s.containerd.Close()
 	}
 	return s.store.Close()
 }
