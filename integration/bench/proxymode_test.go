@@ -115,19 +115,11 @@ func writeBytes(t *testing.T, pid int) int64 {
 }
 
 // written measures the bytes the daemon and containerd c write to storage during f.
-func (p *proxyBench) written(t *testing.T, c *harness.Containerd, f func()) int64 {
+func (p *proxyBench) written(t *testing.T, c *harness.Containerd, f func()) (daemon, ctrd int64) {
 	t.Helper()
-	pids := []int{p.daemon.Process.PID(), c.Process.PID()}
-	var before int64
-	for _, pid := range pids {
-		before += writeBytes(t, pid)
-	}
+	d0, c0 := writeBytes(t, p.daemon.Process.PID()), writeBytes(t, c.Process.PID())
 	f()
-	var after int64
-	for _, pid := range pids {
-		after += writeBytes(t, pid)
-	}
-	return after - before
+	return writeBytes(t, p.daemon.Process.PID()) - d0, writeBytes(t, c.Process.PID()) - c0
 }
 
 // proxyMode: cold pull and re-pull of the ~250 MiB image in proxy mode and in mirror mode,
@@ -160,10 +152,10 @@ func (e *env) proxyMode(t *testing.T, rep *Report) {
 				p.a.RestartProxyMode(t, false)
 			}
 			var d time.Duration
-			n := p.written(t, c, func() { d = e.pullWith(t, c, ref, p.hosts(t), true) })
+			byDaemon, byContainerd := p.written(t, c, func() { d = e.pullWith(t, c, ref, p.hosts(t), true) })
 			cold[sys] = append(cold[sys], d)
-			written[sys] = append(written[sys], float64(n))
-			t.Logf("proxy-mode cold run %d %s: %v, %d MB written", i, sys, d.Round(time.Millisecond), n/1e6)
+			written[sys] = append(written[sys], float64(byDaemon+byContainerd))
+			t.Logf("proxy-mode cold run %d %s: %v, written %d MB by the daemon, %d MB by containerd", i, sys, d.Round(time.Millisecond), byDaemon/1e6, byContainerd/1e6)
 		}
 	}
 	ours, theirs := MedianDuration(cold["proxy"]), MedianDuration(cold["mirror"])
