@@ -181,18 +181,9 @@ func (m memLabels) Update(d digest.Digest, update map[string]string) (map[string
 // ID, and checks that it holds the changes changeContainerTree made.
 func assertSameLayer(t *testing.T, ours []string, ourID string, theirs []string, theirID string) {
 	t.Helper()
-	for i := 0; i < max(len(ours), len(theirs)); i++ {
-		a, b := "(none)", "(none)"
-		if i < len(ours) {
-			a = ours[i]
-		}
-		if i < len(theirs) {
-			b = theirs[i]
-		}
-		if a != b {
-			t.Errorf("entry %d: the daemon's layer has\n  %s\ncontainerd's has\n  %s", i, a, b)
-		}
-	}
+	eachLineDiff(ours, theirs, func(i int, a, b string) {
+		t.Errorf("entry %d: the daemon's layer has\n  %s\ncontainerd's has\n  %s", i, a, b)
+	})
 	if ourID != theirID {
 		t.Errorf("uncompressed layers differ: the daemon's sha256:%s, containerd's sha256:%s", ourID, theirID)
 	}

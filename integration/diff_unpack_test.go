@@ -77,6 +77,23 @@ func requireRunc(t *testing.T) {
 	harness.Unavailable(t, "ctr run needs runc (Debian package runc)")
 }
 
+// eachLineDiff calls report for every index at which got and want differ ("(none)" for a
+// missing line).
+func eachLineDiff(got, want []string, report func(i int, got, want string)) {
+	for i := 0; i < max(len(got), len(want)); i++ {
+		g, w := "(none)", "(none)"
+		if i < len(got) {
+			g = got[i]
+		}
+		if i < len(want) {
+			w = want[i]
+		}
+		if g != w {
+			report(i, g, w)
+		}
+	}
+}
+
 // runUnpackCheck runs unpackCheckScript in a container of ref (runc) and compares its output
 // with unpackCheckWant, line by line.
 func runUnpackCheck(t *testing.T, c *harness.Containerd, ns, ref, id string) {
@@ -88,18 +105,9 @@ func runUnpackCheck(t *testing.T, c *harness.Containerd, ns, ref, id string) {
 	}
 	got := strings.Split(strings.TrimRight(strings.ReplaceAll(out, "\r\n", "\n"), "\n"), "\n")
 	want := strings.Split(strings.TrimRight(unpackCheckWant, "\n"), "\n")
-	for i := 0; i < max(len(got), len(want)); i++ {
-		g, w := "", ""
-		if i < len(got) {
-			g = got[i]
-		}
-		if i < len(want) {
-			w = want[i]
-		}
-		if g != w {
-			t.Errorf("container output line %d: %q, want %q", i+1, g, w)
-		}
-	}
+	eachLineDiff(got, want, func(i int, g, w string) {
+		t.Errorf("container output line %d: %q, want %q", i+1, g, w)
+	})
 }
 
 // TestProxyDiffUnpackToolsAndContainer pulls UnpackTestImage in proxy mode with the diff
