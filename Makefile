@@ -18,20 +18,47 @@ FUZZ_TARGETS = \
 # FUZZTIME, when set (for example `make fuzz FUZZTIME=5m` for a longer local hunt), replaces
 # every count; a duration is subject to the Go 1.26 race above.
 FUZZTIME    ?=
+# The version the binary reports (`version`, the start-up log line, build_info in /metrics,
+# `stats`): git describe of the checkout, "dev" outside git.
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X github.com/containerd-blobcache/containerd-blobcache/internal/version.Version=$(VERSION)
 
-.PHONY: all build run test unit integration tools vet fmt clean fuzz bench
+# `make image`: the daemon's OCI image as an oci-archive (bin/containerd-blobcache.oci.tar),
+# built without a container engine. Load it with `ctr -n k8s.io image import FILE`,
+# `skopeo copy oci-archive:FILE docker://REGISTRY/...` or `podman load -i FILE`.
+IMAGE       ?= ghcr.io/containerd-blobcache/containerd-blobcache:$(VERSION)
+IMAGE_ARCH  ?= $(shell $(GO) env GOARCH)
+
+.PHONY: all build run test unit integration deps bench-deps tools vet fmt clean fuzz bench image helm-test
 
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/containerd-blobcache
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/containerd-blobcache
+
+image:
+	@mkdir -p bin/image
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath \
+		-ldflags "-s -w -X github.com/containerd-blobcache/containerd-blobcache/internal/version.Version=$(VERSION)" \
+		-o bin/image/containerd-blobcache ./cmd/containerd-blobcache
+	$(GO) run ./hack/image --binary bin/image/containerd-blobcache --name $(IMAGE) --arch $(IMAGE_ARCH) \
+		--version $(VERSION) --out bin/containerd-blobcache.oci.tar
 
 # Runs the daemon on embedded defaults, with its state in a folder of the repo so that it
 # needs no root.
 run: build
 	$(BIN) serve --root $(RUN_DIR) --admin-address $(RUN_DIR)/admin.sock
 
-# Installs the pinned containerd, ctr, shim, registry and crictl the integration tests need.
+# Installs (as root) or checks the Debian packages the tests use; nothing when all are there.
+deps:
+	./.ci/install-deps
+
+# The same, with the benchmark's packages (nginx-light).
+bench-deps:
+	./.ci/install-deps --bench
+
+# Installs the pinned containerd, ctr, shim, registry, conformance suite and crictl the
+# integration tests need.
 tools:
 	TOOLS_DIR=$(TOOLS_DIR) ./.ci/install-tools
 
@@ -45,7 +72,7 @@ fmt:
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
-integration: tools
+integration: deps tools
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 40m -v ./integration/...
 
 # Runs each fuzz target on top of its committed seed corpus (go test -fuzz takes one target at
@@ -59,16 +86,21 @@ fuzz:
 	done
 
 # Every test: unit tests and the integration suite against a real containerd and registry,
-# and every fuzz target for its execution count.
-test: tools vet fuzz
+# and every fuzz target for its execution count. It installs what it needs first: the Debian
+# packages (deps, as root) and the pinned tools.
+test: deps tools vet fuzz helm-test
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 50m ./...
+
+# The Helm chart rendered with the Helm library and checked against the binary; a Go module
+# of its own (contrib/helm/test/go.mod) so that Helm's dependencies stay out of go.mod.
+helm-test:
+	cd contrib/helm/test && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
 
 # Side-by-side benchmarks (docs/BENCHMARKS.md): containerd-blobcache against a direct pull,
 # distribution as a pull-through proxy and nginx, on loopback. Needs root. Prints one markdown
 # table at the end (also written to bin/bench.md). BENCH_RUNS, BENCH_SCALE and the other
 # BENCH_* variables of integration/bench/bench_test.go make it smaller for a quick look.
-bench: tools
-	./.ci/install-bench-deps
+bench: bench-deps tools
 	@mkdir -p bin
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin BENCH_OUT=$(CURDIR)/bin/bench.md BENCH_COMMAND="make bench" \
 		$(GO) test -tags bench -count=1 -timeout 60m -run TestBench -v ./integration/bench/

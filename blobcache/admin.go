@@ -2,7 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
@@ -29,9 +29,13 @@ type BlobEntry struct {
 	Unverified bool
 }
 
-// IsManifest reports whether the media type is a manifest or an index.
+// IsManifest reports whether the media type is a manifest or an index that a registry
+// serves under /manifests/: containerd's OCI and Docker types, and Docker schema 1 (signed,
+// and the unsigned variant, which containerd has no constant for).
 func IsManifest(mediaType string) bool {
-	return strings.Contains(mediaType, "manifest") || strings.Contains(mediaType, "image.index")
+	return images.IsManifestType(mediaType) || images.IsIndexType(mediaType) ||
+		mediaType == images.MediaTypeDockerSchema1Manifest ||
+		mediaType == "application/vnd.docker.distribution.manifest.v1+json"
 }
 
 // TagEntry is one tag as listed by ListTags.
@@ -321,12 +325,14 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 			continue // removed meanwhile
 		}
 		rep.Checked++
-		switch got, size, err := hashFile(s.blobPath(d)); {
+		switch got, size, err := hashFile(s.blobPath(d), d.Algorithm()); {
 		case errors.Is(err, fs.ErrNotExist):
-			if err := s.dropRecord(d); err != nil {
+			// Evicted or removed since it was looked up: not missing, just gone.
+			if dropped, err := s.dropRecord(d); err != nil {
 				return rep, err
+			} else if dropped {
+				rep.Missing = append(rep.Missing, d)
 			}
-			rep.Missing = append(rep.Missing, d)
 		case err != nil:
 			return rep, storageFailed("hash blob "+d.String(), err)
 		case got != d || size != rec.Size:
@@ -353,30 +359,39 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 	return rep, nil
 }
 
-func (s *Store) dropRecord(d digest.Digest) error {
+// dropRecord deletes the record of d if its file is still missing under commitMu, and reports
+// whether it did: a removal or a new commit may have run since the file was found missing.
+func (s *Store) dropRecord(d digest.Digest) (bool, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	return s.db.Update(func(tx *bolt.Tx) error {
+	var dropped bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		if _, err := os.Stat(s.blobPath(d)); err == nil {
 			return nil // committed again meanwhile
 		}
-		_, _, err := deleteBlob(tx, d)
+		rec, _, err := deleteBlob(tx, d)
+		dropped = rec != nil
 		return err
 	})
+	return dropped, err
 }
 
 // verifyOrphans looks for blob files without a record and for fill files nobody owns.
 func (s *Store) verifyOrphans(ctx context.Context, rep *VerifyReport) error {
-	dir := filepath.Join(s.root, "blobs", string(digest.SHA256))
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return storageFailed("list blobs", err)
-	}
-	for _, e := range entries {
-		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
-		if !e.Type().IsRegular() || d.Validate() != nil {
-			continue
+	var listed []digest.Digest
+	for _, alg := range storedAlgorithms {
+		entries, err := os.ReadDir(blobDir(s.root, alg))
+		if err != nil {
+			return storageFailed("list blobs", err)
 		}
+		for _, e := range entries {
+			if d := digest.NewDigestFromEncoded(alg, e.Name()); e.Type().IsRegular() && d.Validate() == nil {
+				listed = append(listed, d)
+			}
+		}
+	}
+	s.at(fpVerifyListed)
+	for _, d := range listed {
 		if err := s.checkOrphan(ctx, d, rep); err != nil {
 			return err
 		}
@@ -400,8 +415,10 @@ func (s *Store) verifyOrphans(ctx context.Context, rep *VerifyReport) error {
 	return nil
 }
 
-// checkOrphan handles one blob file: under commitMu a commit cannot be between its rename and
-// its record, so a file without a record really is an orphan.
+// checkOrphan handles one listed blob file. Under commitMu a commit cannot be between its
+// rename and its record, nor a removal between deleting the record and the file; so a file
+// that is still there without a record really is an orphan. One that is gone was removed
+// (evicted) after the listing: its record went first, and it is no orphan.
 func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyReport) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
@@ -409,11 +426,14 @@ func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyRep
 	if err != nil || rec != nil {
 		return err
 	}
-	rep.Orphans = append(rep.Orphans, d)
-	got, size, err := hashFile(s.blobPath(d))
-	if err != nil {
-		return nil // gone meanwhile
+	got, size, err := hashFile(s.blobPath(d), d.Algorithm())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
+	if err != nil {
+		return storageFailed("hash orphan blob "+d.String(), err)
+	}
+	rep.Orphans = append(rep.Orphans, d)
 	if got != d {
 		log.G(ctx).WithField("digest", d).Error("orphan blob file is corrupt; quarantining it")
 		qdir := filepath.Join(s.root, quarantineDir)
@@ -429,16 +449,16 @@ func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyRep
 	})
 }
 
-func hashFile(p string) (digest.Digest, int64, error) {
+func hashFile(p string, alg digest.Algorithm) (digest.Digest, int64, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", 0, err
 	}
 	defer f.Close()
-	h := sha256.New()
+	h := alg.Hash()
 	n, err := io.Copy(h, f)
 	if err != nil {
 		return "", n, err
 	}
-	return digest.NewDigest(digest.SHA256, h), n, nil
+	return digest.NewDigest(alg, h), n, nil
 }

@@ -1,5 +1,5 @@
 // Package blobcache is the node's content-addressed store: committed blob files in
-// containerd's content/local layout (root/blobs/sha256/<hex>), a bbolt index of blob records
+// containerd's content/local layout (root/blobs/<algorithm>/<hex>), a bbolt index of blob records
 // (size, media type, sources, access times) and tags, and fills, which download a missing
 // blob once however many clients ask and let each of them stream it while it arrives.
 //
@@ -13,6 +13,7 @@
 // evicted; a released one stays as cache. A blob file without a record (committed by that
 // writer) is adopted, with the size of the file, when it is held or labelled.
 //
-// Only sha256 digests are stored. The package knows nothing about HTTP, registries or auth;
+// sha256 and sha512 digests are stored (blobs/sha256, blobs/sha512); other algorithms are
+// refused as invalid arguments. The package knows nothing about HTTP, registries or auth;
 // callers hand it a FetchFunc that opens the upstream body.
 package blobcache

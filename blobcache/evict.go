@@ -320,6 +320,7 @@ func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest, skipRece
 	if err != nil {
 		return EvictResult{InUse: res.InUse}, storageFailed("remove blob records", err)
 	}
+	s.at(fpRemoveRecorded)
 	removed := gone[:0:0]
 	for _, d := range gone {
 		if err := os.Remove(s.blobPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -328,6 +329,7 @@ func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest, skipRece
 		}
 		removed = append(removed, d)
 	}
+	s.at(fpRemoveUnlinked)
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		for _, d := range removed {
 			if err := deleteIntent(tx, d); err != nil {

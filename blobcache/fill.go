@@ -2,7 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,9 @@ type Upstream struct {
 	// Size is the announced length, or -1 when unknown. A known size is enforced.
 	Size      int64
 	MediaType string
+	// Origin names where the body comes from when that is not the registry (the mirror's
+	// cluster tier sets it); Fill.Origin reports it to every client of the fill.
+	Origin string
 }
 
 // FetchFunc opens the upstream body of a blob. ctx governs the whole download, body
@@ -51,6 +53,7 @@ type Fill struct {
 	startErr  error
 	size      int64
 	mediaType string
+	origin    string
 
 	// finished is closed when the background copy and the commit are over (tests wait on
 	// it to observe the committed state).
@@ -188,8 +191,12 @@ func (s *Store) start(ctx context.Context, f *Fill, meta FillMeta, fetch FetchFu
 	if f.mediaType == "" {
 		f.mediaType = up.MediaType
 	}
+	f.origin = up.Origin
+	// Under the lock: FillStats reads file and refs of fills that are still starting.
+	f.mu.Lock()
 	f.file = file
 	f.refs = 1 // the copy goroutine's
+	f.mu.Unlock()
 	close(f.started)
 
 	var w io.WriterAt = file
@@ -242,7 +249,7 @@ func (s *Store) run(ctx context.Context, f *Fill, file *os.File, body io.ReadClo
 	}
 
 	buf := make([]byte, fillBufferSize)
-	h := sha256.New()
+	h := f.dgst.Algorithm().Hash()
 	var off int64
 	for {
 		n, rerr := body.Read(buf)
@@ -271,7 +278,7 @@ func (s *Store) run(ctx context.Context, f *Fill, file *os.File, body io.ReadClo
 		failWith(fillFailed("fill of %s: upstream sent %d of the announced %d bytes", f.dgst, off, f.size))
 		return
 	}
-	if got := digest.NewDigest(digest.SHA256, h); got != f.dgst {
+	if got := digest.NewDigest(f.dgst.Algorithm(), h); got != f.dgst {
 		failWith(fillFailed("fill of %s: upstream sent content with digest %s", f.dgst, got))
 		return
 	}
@@ -347,6 +354,9 @@ func (f *Fill) Size() int64 { return f.size }
 
 // MediaType returns the media type of the blob being filled.
 func (f *Fill) MediaType() string { return f.mediaType }
+
+// Origin is the Upstream.Origin the fill was started with ("" for the registry).
+func (f *Fill) Origin() string { return f.origin }
 
 // NewReader streams the fill from offset.
 //

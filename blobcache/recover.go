@@ -2,7 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -53,7 +52,9 @@ func openIndex(ctx context.Context, root string, holdRebuilt bool) (*bolt.DB, er
 		}
 		rebuild = true
 	} else if missing {
-		rebuild = hasBlobFiles(filepath.Join(root, "blobs", string(digest.SHA256)))
+		for _, alg := range storedAlgorithms {
+			rebuild = rebuild || hasBlobFiles(blobDir(root, alg))
+		}
 		if rebuild {
 			log.G(ctx).WithField("index", dbPath).Warn("index is missing but blob files exist; rebuilding it from them")
 		}
@@ -107,14 +108,28 @@ func hasBlobFiles(dir string) bool {
 	return len(names) > 0
 }
 
-// rebuildIndex records every blob file whose name is a sha256 digest, with the size of the
+// rebuildIndex records every blob file whose name is a digest, with the size of the
 // file and marked unverified. Access times are the files' modification times, so the
 // oldest are evicted first. Tags, sources and labels are lost (tags are fetched again, a
 // blob of unknown source is private until an upstream check); with held, every blob is
 // recorded as held, since which ones containerd held is lost too.
 func rebuildIndex(db *bolt.DB, root string, held bool) (int, error) {
-	dir := filepath.Join(root, "blobs", string(digest.SHA256))
-	entries, err := os.ReadDir(dir)
+	n := 0
+	for _, alg := range storedAlgorithms {
+		m, err := rebuildAlgorithm(db, root, alg, held)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func rebuildAlgorithm(db *bolt.DB, root string, alg digest.Algorithm, held bool) (int, error) {
+	entries, err := os.ReadDir(blobDir(root, alg))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -124,7 +139,7 @@ func rebuildIndex(db *bolt.DB, root string, held bool) (int, error) {
 		entries = entries[len(batch):]
 		err := db.Update(func(tx *bolt.Tx) error {
 			for _, e := range batch {
-				dgst := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
+				dgst := digest.NewDigestFromEncoded(alg, e.Name())
 				if !e.Type().IsRegular() || dgst.Validate() != nil {
 					continue
 				}
@@ -205,18 +220,18 @@ func (s *Store) finishIntents(ctx context.Context) error {
 // verifyOpened hashes an unverified blob. A match clears the flag; a mismatch moves the
 // file to quarantine and drops the record, and the blob is reported as not found.
 func (s *Store) verifyOpened(ctx context.Context, f *os.File, dgst digest.Digest) error {
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62)); err != nil {
+	got, err := dgst.Algorithm().FromReader(io.NewSectionReader(f, 0, 1<<62))
+	if err != nil {
 		return storageFailed("hash blob "+dgst.String(), err)
 	}
-	if got := digest.NewDigest(digest.SHA256, h); got != dgst {
+	if got != dgst {
 		log.G(ctx).WithFields(log.Fields{"digest": dgst, "actual": got}).Error("blob file does not match its name; quarantining it")
 		if err := s.quarantine(dgst); err != nil {
 			log.G(ctx).WithError(err).Warn("cannot quarantine blob")
 		}
 		return fmt.Errorf("blob %s: file is corrupt: %w", dgst, errdefs.ErrNotFound)
 	}
-	err := s.updateBlob(dgst, func(rec *blobRecord) bool {
+	err = s.updateBlob(dgst, func(rec *blobRecord) bool {
 		changed := rec.Unverified
 		rec.Unverified = false
 		return changed

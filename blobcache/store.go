@@ -3,6 +3,8 @@ package blobcache
 import (
 	"bytes"
 	"context"
+	_ "crypto/sha256" // the stored digest algorithms (storedAlgorithms)
+	_ "crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +12,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -145,6 +149,24 @@ type Store struct {
 	// testHookJoin, when set (by tests), is called when Fill is about to wait for a fill
 	// started by another caller.
 	testHookJoin func()
+	// failpoint, when set (by tests), is called at the named steps of commits, removals
+	// and verify (see the failpoint constants), so that a test can stop there as a crash
+	// would, or run something else in between.
+	failpoint func(point string)
+}
+
+// Steps at which the failpoint hook is called.
+const (
+	fpCommitRenamed  = "commit-renamed"  // blob file renamed in, record not yet written
+	fpRemoveRecorded = "remove-recorded" // records deleted and intents written, files still there
+	fpRemoveUnlinked = "remove-unlinked" // files removed, intents not yet cleared
+	fpVerifyListed   = "verify-listed"   // verify listed the blob files, none checked yet
+)
+
+func (s *Store) at(point string) {
+	if s.failpoint != nil {
+		s.failpoint(point)
+	}
 }
 
 // Open opens (creating if needed) the store at opts.Root. Fill files left by a previous run
@@ -164,8 +186,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("create store root: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(root, "blobs", string(digest.SHA256)), 0o755); err != nil {
-		return nil, fmt.Errorf("create blobs directory: %w", err)
+	for _, alg := range storedAlgorithms {
+		if err := os.MkdirAll(blobDir(root, alg), 0o755); err != nil {
+			return nil, fmt.Errorf("create blobs directory: %w", err)
+		}
 	}
 
 	// The index lock must be held before fills/ is cleaned: otherwise a second daemon
@@ -263,20 +287,32 @@ func (s *Store) enter() error {
 	return nil
 }
 
+// storedAlgorithms are the digest algorithms the store accepts, each with its own directory
+// blobs/<algorithm> as in containerd's content/local layout. A blob named by two algorithms
+// is two blobs.
+var storedAlgorithms = []digest.Algorithm{digest.SHA256, digest.SHA512}
+
+func blobDir(root string, alg digest.Algorithm) string {
+	return filepath.Join(root, "blobs", string(alg))
+}
+
 func (s *Store) blobPath(dgst digest.Digest) string {
-	return filepath.Join(s.root, "blobs", string(dgst.Algorithm()), dgst.Encoded())
+	return filepath.Join(blobDir(s.root, dgst.Algorithm()), dgst.Encoded())
 }
 
 func (s *Store) fillsPath() string { return filepath.Join(s.root, fillsDir) }
 
-// validateDigest accepts only well-formed sha256 digests: the store keeps one algorithm so
-// that a blob has exactly one name on disk and in the index.
+// validateDigest accepts only well-formed digests of the stored algorithms.
 func validateDigest(dgst digest.Digest) error {
+	alg, _, ok := strings.Cut(string(dgst), ":")
+	if !ok {
+		return fmt.Errorf("invalid digest %q: no algorithm: %w", dgst, errdefs.ErrInvalidArgument)
+	}
+	if !slices.Contains(storedAlgorithms, digest.Algorithm(alg)) {
+		return fmt.Errorf("digest %s: algorithm %q is not supported (sha256 and sha512 are): %w", dgst, alg, errdefs.ErrInvalidArgument)
+	}
 	if err := dgst.Validate(); err != nil {
 		return fmt.Errorf("invalid digest %q: %v: %w", dgst, err, errdefs.ErrInvalidArgument)
-	}
-	if dgst.Algorithm() != digest.SHA256 {
-		return fmt.Errorf("digest %s: only sha256 is stored: %w", dgst, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -474,7 +510,7 @@ func (s *Store) PutBlob(ctx context.Context, dgst digest.Digest, mediaType strin
 	if err := validateDigest(dgst); err != nil {
 		return err
 	}
-	if got := digest.SHA256.FromBytes(data); got != dgst {
+	if got := dgst.Algorithm().FromBytes(data); got != dgst {
 		return fmt.Errorf("data has digest %s, expected %s: %w", got, dgst, errdefs.ErrInvalidArgument)
 	}
 	if err := s.enter(); err != nil {
@@ -517,7 +553,7 @@ func (s *Store) PutBlob(ctx context.Context, dgst digest.Digest, mediaType strin
 	return nil
 }
 
-// commit makes the verified fill file the blob of dgst: fsync, rename into blobs/sha256,
+// commit makes the verified fill file the blob of dgst: fsync, rename into blobs/<alg>,
 // fsync the directory, then record it. The file must have been verified already. On error
 // the caller removes the fill file; a blob file renamed in by this call is removed again
 // when it could not be recorded, so the index never lacks a file it would serve.
@@ -557,6 +593,7 @@ func (s *Store) commit(ctx context.Context, file *os.File, dgst digest.Digest, s
 			os.Remove(target)
 			return storageFailed("sync blobs directory", err)
 		}
+		s.at(fpCommitRenamed)
 	default:
 		return storageFailed("stat blob", err)
 	}

@@ -33,7 +33,7 @@ func upperDirEntries(c *harness.Containerd, dir string) int {
 // (no blob GET reaches the origin), applies the layer anew, and a container sees all of it.
 func TestProxyDiffDaemonKilledDuringUnpack(t *testing.T) {
 	e, c := newProxyDiffEnv(t)
-	requireRunc(t)
+	harness.RequireCommand(t, "runc", "runc")
 	// Many files: the applier's work per file (create, write, chown, chmod, times) makes the
 	// Apply last long enough to be seen in progress.
 	const seed, files = 9100, 3000

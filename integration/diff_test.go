@@ -60,6 +60,24 @@ func appliedLayers(t *testing.T, d *harness.Daemon) map[digest.Digest]int {
 	return out
 }
 
+var appliedMountsLine = regexp.MustCompile(`msg="layer applied".*\bdigest="?(sha256:[0-9a-f]{64})"?.*\bmounts="?\[([a-z ]*)\]`)
+
+// appliedMounts lists, per layer digest, the mount types of each "layer applied" line: which
+// of the applier's paths ran ("bind": the chain's first snapshot, mounted; "overlay": written
+// straight into the upper directory).
+func appliedMounts(t *testing.T, d *harness.Daemon) map[digest.Digest][]string {
+	t.Helper()
+	b, err := os.ReadFile(d.Process.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[digest.Digest][]string{}
+	for _, m := range appliedMountsLine.FindAllSubmatch(b, -1) {
+		out[digest.Digest(m[1])] = append(out[digest.Digest(m[1])], string(m[2]))
+	}
+	return out
+}
+
 // chainIDs are the snapshot names containerd gives an image's unpacked layers.
 func chainIDs(t *testing.T, im *harness.Image) []string {
 	t.Helper()
@@ -110,6 +128,18 @@ func TestProxyDiffPullUnpacksThroughDaemon(t *testing.T) {
 	c.Pull(t, "diff", ref, e.hostsDir)
 	assertUnpackedByDaemon(t, e, c, "diff", im, before, logBefore)
 	runImage(t, c, "diff", ref, "diff-run", "/bin/true")
+	// containerd's own paths: the first layer into a bind-mounted empty snapshot, the others
+	// straight into their overlay upper directories.
+	mounts := appliedMounts(t, e.daemon)
+	for i, l := range im.Layers {
+		want := "overlay"
+		if i == 0 {
+			want = "bind"
+		}
+		if got := mounts[l.Descriptor.Digest]; !slices.Equal(got, []string{want}) {
+			t.Errorf("layer %d applied with mounts %v, want [%s]", i, got, want)
+		}
+	}
 
 	// CRI: another namespace (k8s.io), so its own snapshots, unpacked again.
 	before, logBefore = diffOps(t, e.daemon, "apply", "ok"), appliedLayers(t, e.daemon)

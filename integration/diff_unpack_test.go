@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -66,17 +65,6 @@ hl/link2 is hl/orig
 /replace-file directory 0:0
 `
 
-// requireRunc stops the test unless runc (which ctr run needs) is installed.
-func requireRunc(t *testing.T) {
-	t.Helper()
-	for _, p := range []string{"/usr/sbin/runc", "/usr/bin/runc"} {
-		if _, err := os.Stat(p); err == nil {
-			return
-		}
-	}
-	harness.Unavailable(t, "ctr run needs runc (Debian package runc)")
-}
-
 // eachLineDiff calls report for every index at which got and want differ ("(none)" for a
 // missing line).
 func eachLineDiff(got, want []string, report func(i int, got, want string)) {
@@ -98,7 +86,7 @@ func eachLineDiff(got, want []string, report func(i int, got, want string)) {
 // with unpackCheckWant, line by line.
 func runUnpackCheck(t *testing.T, c *harness.Containerd, ns, ref, id string) {
 	t.Helper()
-	requireRunc(t)
+	harness.RequireCommand(t, "runc", "runc")
 	out, err := c.CtrE(t.Context(), ns, "run", "--rm", ref, id, "/bin/busybox", "sh", "-c", unpackCheckScript)
 	if err != nil {
 		t.Fatalf("ctr run %s: %v", ref, err)

@@ -39,19 +39,32 @@ func newFaultEnv(t *testing.T) *faultEnv {
 	return newFaultEnvWith(t, false)
 }
 
+// newFaultEnvWith is the environment of the per-fault tables: the circuit breaker is off, so
+// that each fault is judged by itself rather than by the fast failures an earlier one left
+// (TestFaultsHungAndSlowRegistry tests the breaker).
 func newFaultEnvWith(t *testing.T, verifyBeforeServe bool) *faultEnv {
+	t.Helper()
+	return newFaultEnvConfig(t, func(c *harness.DaemonConfig) {
+		c.VerifyBeforeServe = verifyBeforeServe
+		c.UpstreamExtra = `circuit_breaker_cooldown = "0s"`
+	})
+}
+
+// newFaultEnvConfig starts a fault environment whose daemon configuration mutate adjusts.
+func newFaultEnvConfig(t *testing.T, mutate func(*harness.DaemonConfig)) *faultEnv {
 	t.Helper()
 	harness.RequireRoot(t)
 	harness.Tools(t)
 	reg := harness.StartRegistry(t)
 	e := &faultEnv{origin: origin{reg: reg, proxy: harness.StartCountingProxy(t, reg.URL)}, hostsDir: t.TempDir()}
 	e.faults = harness.InjectFaults(t, e.proxy)
-	e.daemon = harness.StartDaemon(t, harness.DaemonConfig{
+	cfg := harness.DaemonConfig{
 		Registries:            []string{e.proxy.Host},
 		StallTimeout:          faultStallTimeout.String(),
 		ResponseHeaderTimeout: faultHeaderTimeout.String(),
-		VerifyBeforeServe:     verifyBeforeServe,
-	})
+	}
+	mutate(&cfg)
+	e.daemon = harness.StartDaemon(t, cfg)
 	if _, err := harness.WriteHostsToml(e.hostsDir, e.proxy.Host, e.daemon.URL); err != nil {
 		t.Fatal(err)
 	}

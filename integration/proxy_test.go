@@ -91,9 +91,7 @@ func (e *proxyEnv) push(t *testing.T, repo, tag string, spec harness.ImageSpec) 
 // random files, about 15 MB.
 func proxyImageSpec(t *testing.T, seed uint64) harness.ImageSpec {
 	t.Helper()
-	if _, err := os.Stat(harness.BusyboxPath); err != nil {
-		harness.Unavailable(t, "the runnable test image needs %s (Debian package busybox-static): %v", harness.BusyboxPath, err)
-	}
+	harness.RequireDebianFile(t, harness.BusyboxPath, "busybox-static")
 	return harness.ImageSpec{Layers: []harness.LayerSpec{
 		{Busybox: true},
 		{Seed: seed, Files: 4, FileSize: 1 << 20},
@@ -140,7 +138,8 @@ func sortedContent(t *testing.T, c *harness.Containerd, ns string) []string {
 // layers were unpacked from the content the daemon serves.
 func runImage(t *testing.T, c *harness.Containerd, ns, ref, id string, args ...string) {
 	t.Helper()
-	requireRunc(t)
+	// The shim finds runc on PATH, as this does.
+	harness.RequireCommand(t, "runc", "runc")
 	full := append([]string{"run", "--rm", "--null-io", ref, id}, args...)
 	if out, err := c.CtrE(context.Background(), ns, full...); err != nil {
 		t.Fatalf("ctr run %s: %v\n%s", ref, err, out)

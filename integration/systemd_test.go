@@ -103,10 +103,7 @@ type systemdVerifier struct {
 // newSystemdVerifier finds systemd-analyze and reads contrib/systemd/containerd-blobcache.service.
 func newSystemdVerifier(t *testing.T) *systemdVerifier {
 	t.Helper()
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		harness.Unavailable(t, "systemd-analyze not found (apt-get install systemd): %v", err)
-	}
+	analyze := harness.RequireCommand(t, "systemd-analyze", "systemd")
 	return &systemdVerifier{analyze: analyze, bin: harness.DaemonBinary(t), unit: readContrib(t, "systemd", "containerd-blobcache.service")}
 }
 

@@ -3,15 +3,18 @@ package resolver
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/remotes/docker/auth"
+	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
@@ -25,26 +28,28 @@ const maxTokenResponse = 1 << 20
 
 // authenticator answers registries' challenges with the daemon's own credentials.
 type authenticator struct {
-	creds  Credentials
+	creds  *CredentialStore
 	tokens *tokenCache
 	client *http.Client
 	// tokenRequests counts requests sent to token endpoints (tests read it).
 	tokenRequests func()
 	// tokenFetched is told of every token obtained, by registry (metrics).
 	tokenFetched func(registry string)
+	// tokenHeader goes with every token request (the daemon's User-Agent).
+	tokenHeader http.Header
 
 	mu sync.Mutex
 	// known is the last challenge seen from each registry host, so that later requests carry
 	// a token from the first try instead of collecting a 401 each.
-	known map[string]Challenge
+	known map[string]auth.Challenge
 }
 
-func newAuthenticator(creds Credentials, client *http.Client, fetchTimeout time.Duration) *authenticator {
+func newAuthenticator(creds *CredentialStore, client *http.Client, fetchTimeout time.Duration) *authenticator {
 	return &authenticator{
 		creds:  creds,
 		tokens: newTokenCache(time.Now, fetchTimeout),
 		client: client,
-		known:  map[string]Challenge{},
+		known:  map[string]auth.Challenge{},
 	}
 }
 
@@ -53,8 +58,7 @@ func (a *authenticator) credential(registry string) (Credential, bool) {
 	if a == nil {
 		return Credential{}, false
 	}
-	c, ok := a.creds[registry]
-	return c, ok && c.hasSecret()
+	return a.creds.Lookup(context.Background(), registry)
 }
 
 // authorization is the Authorization header value to send, and what to drop when the
@@ -85,7 +89,7 @@ func (a *authenticator) authorizeKnown(ctx context.Context, registry, host strin
 }
 
 // authorizeChallenge answers the challenges of a 401 from host and remembers the one used.
-func (a *authenticator) authorizeChallenge(ctx context.Context, registry, host string, cred Credential, scope string, challenges []Challenge) (authorization, error) {
+func (a *authenticator) authorizeChallenge(ctx context.Context, registry, host string, cred Credential, scope string, challenges []auth.Challenge) (authorization, error) {
 	ch, ok := pickChallenge(challenges)
 	if !ok {
 		return authorization{}, fmt.Errorf("registry %s: no usable bearer or basic challenge: %w", registry, ErrTokenFetch)
@@ -99,40 +103,43 @@ func (a *authenticator) authorizeChallenge(ctx context.Context, registry, host s
 	return a.answer(ctx, registry, ch, cred, scope)
 }
 
-// pickChallenge prefers Bearer (scoped, short-lived tokens) over Basic.
-func pickChallenge(challenges []Challenge) (Challenge, bool) {
+// pickChallenge prefers Bearer (scoped, short-lived tokens) with a usable realm over Basic.
+func pickChallenge(challenges []auth.Challenge) (auth.Challenge, bool) {
 	for _, c := range challenges {
-		if c.Scheme == "bearer" {
+		if c.Scheme == auth.BearerAuth {
 			if _, ok := bearerRealm(c); ok {
 				return c, true
 			}
 		}
 	}
 	for _, c := range challenges {
-		if c.Scheme == "basic" {
+		if c.Scheme == auth.BasicAuth {
 			return c, true
 		}
 	}
-	return Challenge{}, false
+	return auth.Challenge{}, false
 }
 
-func (a *authenticator) answer(ctx context.Context, registry string, ch Challenge, cred Credential, scope string) (authorization, error) {
-	if ch.Scheme == "basic" {
+func (a *authenticator) answer(ctx context.Context, registry string, ch auth.Challenge, cred Credential, scope string) (authorization, error) {
+	if ch.Scheme == auth.BasicAuth {
 		if cred.Username == "" || cred.Password == "" {
 			return authorization{}, fmt.Errorf("registry %s asks for basic auth and the credential has no password: %w", registry, ErrTokenFetch)
 		}
 		return authorization{value: "Basic " + base64.StdEncoding.EncodeToString([]byte(cred.Username+":"+cred.Password))}, nil
 	}
 	realm, _ := bearerRealm(ch)
-	// A challenge may name its own scope (for example when the registry wants more than a
-	// pull); the request's scope is always asked for too.
-	scopes := []string{scope}
-	if s := ch.Params["scope"]; s != "" && s != scope {
-		scopes = append(scopes, s)
+	// Realm, service and the challenge's own scopes (a registry may want more than a pull),
+	// as containerd reads them; the request's scope is always asked for too, first.
+	to, err := auth.GenerateTokenOptions(ctx, registry, "", "", ch)
+	if err != nil {
+		return authorization{}, fmt.Errorf("registry %s: %v: %w", registry, err, ErrTokenFetch)
 	}
-	key := tokenKey{registry: registry, realm: realm.String(), service: ch.Params["service"], scope: strings.Join(scopes, " "), credential: cred.id()}
+	if !slices.Contains(to.Scopes, scope) {
+		to.Scopes = append([]string{scope}, to.Scopes...)
+	}
+	key := tokenKey{registry: registry, realm: realm.String(), service: to.Service, scope: strings.Join(to.Scopes, " "), credential: cred.id()}
 	tok, err := a.tokens.get(ctx, key, func(ctx context.Context) (fetchedToken, error) {
-		t, err := a.fetchToken(ctx, realm, ch.Params["service"], scopes, cred)
+		t, err := a.fetchToken(ctx, to, cred)
 		if err == nil && a.tokenFetched != nil {
 			a.tokenFetched(registry)
 		}
@@ -151,106 +158,121 @@ func (a *authenticator) dropRefused(authz authorization) {
 	}
 }
 
-// tokenResponse covers both token endpoint dialects: the OAuth2 POST answers access_token,
-// the Docker GET token and usually access_token too.
-type tokenResponse struct {
-	Token       string `json:"token"`
-	AccessToken string `json:"access_token"`
-	ExpiresIn   int    `json:"expires_in"`
-}
+// tokenClientID names the daemon to OAuth2 token endpoints.
+const tokenClientID = "containerd-blobcache"
 
-// fetchToken asks the realm for a token: OAuth2 POST first (password or refresh-token grant),
-// and the Docker GET with basic auth when the endpoint does not do POST (as containerd does;
-// some registries answer 400, 401, 404 or 405 to the POST).
-func (a *authenticator) fetchToken(ctx context.Context, realm *url.URL, service string, scopes []string, cred Credential) (fetchedToken, error) {
+// fetchToken asks the realm of to for a token with containerd's token requests: the OAuth2
+// POST first (refresh-token grant with an identity token, password grant otherwise), and the
+// Docker GET with basic auth when the endpoint does not do POST (as containerd does; some
+// registries answer 400, 401, 404 or 405 to the POST). Without a secret, the GET alone,
+// anonymously. The requests go through the resolver's own client, so the dial guard applies
+// to the realm as to the registry.
+func (a *authenticator) fetchToken(ctx context.Context, to auth.TokenOptions, cred Credential) (fetchedToken, error) {
 	if !cred.hasSecret() {
-		// Anonymous: the GET endpoint without basic auth.
-		return a.getToken(ctx, realm, service, scopes, cred)
+		return a.getToken(ctx, to)
 	}
-	status, t, err := a.postToken(ctx, realm, service, scopes, cred)
-	if err == nil {
-		return t, nil
-	}
-	switch status {
-	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound, http.StatusMethodNotAllowed:
-		if cred.Username == "" || cred.Password == "" {
-			return fetchedToken{}, err
-		}
-		log.G(ctx).WithFields(log.Fields{"realm": realm.Host, "status": status}).Debug("token endpoint refused POST; trying GET")
-		return a.getToken(ctx, realm, service, scopes, cred)
-	}
-	return fetchedToken{}, err
-}
-
-func (a *authenticator) postToken(ctx context.Context, realm *url.URL, service string, scopes []string, cred Credential) (int, fetchedToken, error) {
-	form := url.Values{}
-	form.Set("client_id", "containerd-blobcache")
-	if service != "" {
-		form.Set("service", service)
-	}
-	form.Set("scope", strings.Join(scopes, " "))
+	post := to
+	post.Username, post.Secret = cred.Username, cred.Password
 	if cred.IdentityToken != "" {
-		form.Set("grant_type", "refresh_token")
-		form.Set("refresh_token", cred.IdentityToken)
-	} else {
-		form.Set("grant_type", "password")
-		form.Set("username", cred.Username)
-		form.Set("password", cred.Password)
+		// An empty username makes FetchTokenWithOAuth use the refresh-token grant.
+		post.Username, post.Secret = "", cred.IdentityToken
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, realm.String(), strings.NewReader(form.Encode()))
-	if err != nil {
-		return 0, fetchedToken{}, fmt.Errorf("token request to %s: %w", realm.Host, ErrTokenFetch)
+	a.countTokenRequest()
+	resp, err := auth.FetchTokenWithOAuth(ctx, a.tokenClient(), a.tokenHeader, tokenClientID, post)
+	if err == nil {
+		return usableToken(to.Realm, resp.AccessToken, resp.ExpiresInSeconds)
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	return a.sendTokenRequest(req, realm)
+	var se remoteserrors.ErrUnexpectedStatus
+	if errors.As(err, &se) {
+		switch se.StatusCode {
+		case http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound, http.StatusMethodNotAllowed:
+			if cred.Username == "" || cred.Password == "" {
+				break
+			}
+			log.G(ctx).WithFields(log.Fields{"realm": realmHost(to.Realm), "status": se.StatusCode}).Debug("token endpoint refused POST; trying GET")
+			get := to
+			get.Username, get.Secret = cred.Username, cred.Password
+			return a.getToken(ctx, get)
+		}
+	}
+	return fetchedToken{}, tokenError(to.Realm, err)
 }
 
-func (a *authenticator) getToken(ctx context.Context, realm *url.URL, service string, scopes []string, cred Credential) (fetchedToken, error) {
-	u := *realm
-	q := u.Query()
-	if service != "" {
-		q.Set("service", service)
-	}
-	for _, s := range scopes {
-		q.Add("scope", s)
-	}
-	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+// getToken is the Docker GET token request, with basic auth when to carries a secret.
+func (a *authenticator) getToken(ctx context.Context, to auth.TokenOptions) (fetchedToken, error) {
+	a.countTokenRequest()
+	resp, err := auth.FetchToken(ctx, a.tokenClient(), a.tokenHeader, to)
 	if err != nil {
-		return fetchedToken{}, fmt.Errorf("token request to %s: %w", realm.Host, ErrTokenFetch)
+		return fetchedToken{}, tokenError(to.Realm, err)
 	}
-	if cred.Username != "" {
-		req.SetBasicAuth(cred.Username, cred.Password)
-	}
-	_, t, err := a.sendTokenRequest(req, realm)
-	return t, err
+	// FetchToken puts access_token, when there is one, in Token.
+	return usableToken(to.Realm, resp.Token, resp.ExpiresInSeconds)
 }
 
-func (a *authenticator) sendTokenRequest(req *http.Request, realm *url.URL) (int, fetchedToken, error) {
+func (a *authenticator) countTokenRequest() {
 	if a.tokenRequests != nil {
 		a.tokenRequests()
 	}
-	resp, err := a.client.Do(req)
+}
+
+// tokenClient is the resolver's client (its transport, dial guard and redirect policy)
+// with token responses bounded: containerd's fetch functions decode whatever comes.
+func (a *authenticator) tokenClient() *http.Client {
+	c := *a.client
+	base := c.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	c.Transport = boundedBodies{base: base, limit: maxTokenResponse}
+	return &c
+}
+
+// boundedBodies cuts every response body at limit bytes.
+type boundedBodies struct {
+	base  http.RoundTripper
+	limit int64
+}
+
+func (b boundedBodies) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := b.base.RoundTrip(req)
 	if err != nil {
-		// Only the host and the transport's own error: the URL may carry the scope, the
-		// form the password.
-		return 0, fetchedToken{}, fmt.Errorf("token request to %s: %v: %w", realm.Host, unwrapURLError(err), ErrTokenFetch)
+		return nil, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxTokenResponse))
-		return resp.StatusCode, fetchedToken{}, fmt.Errorf("token request to %s: %s: %w", realm.Host, resp.Status, ErrTokenFetch)
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(resp.Body, b.limit), resp.Body}
+	return resp, nil
+}
+
+// usableToken checks a token before it goes into Authorization headers.
+func usableToken(realm, token string, expiresIn int) (fetchedToken, error) {
+	if token == "" || strings.ContainsAny(token, " \r\n\t") {
+		return fetchedToken{}, fmt.Errorf("token response from %s has no usable token: %w", realmHost(realm), ErrTokenFetch)
 	}
-	var tr tokenResponse
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTokenResponse)).Decode(&tr); err != nil {
-		return resp.StatusCode, fetchedToken{}, fmt.Errorf("token response from %s is not JSON: %w", realm.Host, ErrTokenFetch)
+	return fetchedToken{token: token, lifetime: time.Duration(expiresIn) * time.Second}, nil
+}
+
+// tokenError names the realm's host and what went wrong, never the URL (which may carry the
+// scope) nor containerd's status error (which carries the response body).
+func tokenError(realm string, err error) error {
+	var se remoteserrors.ErrUnexpectedStatus
+	switch {
+	case errors.As(err, &se):
+		return fmt.Errorf("token request to %s: %s: %w", realmHost(realm), se.Status, ErrTokenFetch)
+	case errors.Is(err, auth.ErrNoToken):
+		return fmt.Errorf("token response from %s has no token: %w", realmHost(realm), ErrTokenFetch)
 	}
-	tok := tr.AccessToken
-	if tok == "" {
-		tok = tr.Token
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return fmt.Errorf("token request to %s: %v: %w", realmHost(realm), uerr.Err, ErrTokenFetch)
 	}
-	if tok == "" || strings.ContainsAny(tok, " \r\n\t") {
-		return resp.StatusCode, fetchedToken{}, fmt.Errorf("token response from %s has no usable token: %w", realm.Host, ErrTokenFetch)
+	return fmt.Errorf("token response from %s is not usable: %w", realmHost(realm), ErrTokenFetch)
+}
+
+func realmHost(realm string) string {
+	if u, err := url.Parse(realm); err == nil {
+		return u.Host
 	}
-	return resp.StatusCode, fetchedToken{token: tok, lifetime: time.Duration(tr.ExpiresIn) * time.Second}, nil
+	return "the token endpoint"
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,40 +15,49 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker/auth"
 )
 
+// ParseChallenges reads challenges as containerd does (one per header value, bearer first)
+// and within its bounds.
 func TestParseChallenges(t *testing.T) {
+	bearer := func(params map[string]string) auth.Challenge {
+		return auth.Challenge{Scheme: auth.BearerAuth, Parameters: params}
+	}
 	for _, tc := range []struct {
 		name   string
 		header []string
-		want   []Challenge
+		want   []auth.Challenge
 	}{
 		{
 			name:   "bearer",
 			header: []string{`Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull"`},
-			want:   []Challenge{{Scheme: "bearer", Params: map[string]string{"realm": "https://auth.example/token", "service": "registry.example", "scope": "repository:a/b:pull"}}},
+			want:   []auth.Challenge{bearer(map[string]string{"realm": "https://auth.example/token", "service": "registry.example", "scope": "repository:a/b:pull"})},
 		},
 		{
-			name:   "basic and bearer in one header, odd spacing and case",
-			header: []string{`Basic realm="x" ,  BEARER Realm = "https://a/t" , Service=svc`},
-			want: []Challenge{
-				{Scheme: "basic", Params: map[string]string{"realm": "x"}},
-				{Scheme: "bearer", Params: map[string]string{"realm": "https://a/t", "service": "svc"}},
-			},
+			name:   "scheme and parameter names in any case",
+			header: []string{`BEARER Realm="https://a/t", Service=svc`},
+			want:   []auth.Challenge{bearer(map[string]string{"realm": "https://a/t", "service": "svc"})},
+		},
+		{
+			name:   "one challenge per header value",
+			header: []string{`Basic realm="x", Bearer realm="https://a/t"`},
+			want:   []auth.Challenge{{Scheme: auth.BasicAuth, Parameters: map[string]string{"realm": "x"}}},
 		},
 		{
 			name:   "escaped quotes and commas in quoted values",
 			header: []string{`Bearer realm="https://a/t?x=\"1\",y",scope="repository:a:pull,push"`},
-			want:   []Challenge{{Scheme: "bearer", Params: map[string]string{"realm": `https://a/t?x="1",y`, "scope": "repository:a:pull,push"}}},
+			want:   []auth.Challenge{bearer(map[string]string{"realm": `https://a/t?x="1",y`, "scope": "repository:a:pull,push"})},
 		},
-		{name: "two headers", header: []string{`Basic`, `Bearer realm="https://a/t"`}, want: []Challenge{
-			{Scheme: "basic", Params: map[string]string{}},
-			{Scheme: "bearer", Params: map[string]string{"realm": "https://a/t"}},
+		{name: "two headers, bearer first", header: []string{`Basic`, `Bearer realm="https://a/t"`}, want: []auth.Challenge{
+			bearer(map[string]string{"realm": "https://a/t"}),
+			{Scheme: auth.BasicAuth, Parameters: map[string]string{}},
 		}},
 		{name: "empty", header: []string{``}, want: nil},
-		{name: "unterminated quote", header: []string{`Bearer realm="https://a/t`}, want: []Challenge{{Scheme: "bearer", Params: map[string]string{}}}},
+		{name: "unknown scheme", header: []string{`Negotiate abc`}, want: nil},
+		{name: "unterminated quote", header: []string{`Bearer realm="https://a/t`}, want: []auth.Challenge{bearer(map[string]string{"realm": ""})}},
 		{name: "garbage", header: []string{`"=,=,"`}, want: nil},
-		{name: "control character in quoted value", header: []string{"Bearer realm=\"a\x00b\""}, want: []Challenge{{Scheme: "bearer", Params: map[string]string{}}}},
 		{name: "oversized header ignored", header: []string{"Bearer realm=\"" + strings.Repeat("a", maxChallengeHeader) + "\""}, want: nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,7 +75,9 @@ func TestParseChallenges(t *testing.T) {
 
 func TestParseChallengesBoundsHostileInput(t *testing.T) {
 	h := http.Header{}
-	h.Set("WWW-Authenticate", strings.Repeat("Bearer a=b, ", 500))
+	for range 500 {
+		h.Add("WWW-Authenticate", `Bearer realm="https://a/t"`)
+	}
 	if n := len(ParseChallenges(h)); n != maxChallenges {
 		t.Errorf("%d challenges, want the cap %d", n, maxChallenges)
 	}
@@ -77,8 +87,8 @@ func TestParseChallengesBoundsHostileInput(t *testing.T) {
 		fmt.Fprintf(&params, "p%d=v,", i)
 	}
 	h.Set("WWW-Authenticate", params.String())
-	if got := ParseChallenges(h); len(got) != 1 || len(got[0].Params) != maxChallengeParams {
-		t.Errorf("params not capped: %d challenges", len(got))
+	if got := ParseChallenges(h); len(got) != 0 {
+		t.Errorf("a challenge with 500 parameters was kept: %d challenges", len(got))
 	}
 }
 
@@ -91,8 +101,9 @@ func TestBearerRealmRefusesUnusableURLs(t *testing.T) {
 		"https://user:pw@auth.example/t":  false,
 		"gopher://auth.example/":          false,
 		"https://auth.example/t?service=": true,
+		"a\x00b":                          false,
 	} {
-		if _, got := bearerRealm(Challenge{Scheme: "bearer", Params: map[string]string{"realm": realm}}); got != ok {
+		if _, got := bearerRealm(auth.Challenge{Scheme: auth.BearerAuth, Parameters: map[string]string{"realm": realm}}); got != ok {
 			t.Errorf("realm %q usable = %v, want %v", realm, got, ok)
 		}
 	}
@@ -398,20 +409,32 @@ func TestWrongDaemonCredentialsReturnTheChallengeAndLeakNothing(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
 		t.Fatalf("status %d, challenge %q", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 	}
-	// The error from the token fetch names no secret.
-	_, ferr := r.auth.fetchToken(context.Background(), mustRealm(t, tr.srv.URL+"/token"), "fake-registry", []string{"repository:app:pull"}, Credential{Username: tr.user, Password: "wrong-password-xyz"})
-	if ferr == nil || strings.Contains(ferr.Error(), "wrong-password-xyz") || !errors.Is(ferr, ErrTokenFetch) {
+	// The error from the token fetch (the realm's 401 to POST and GET) names no secret.
+	ctx := context.WithValue(context.Background(), allowPrivateKey{}, true)
+	to := auth.TokenOptions{Realm: tr.srv.URL + "/token", Service: "fake-registry", Scopes: []string{"repository:app:pull"}}
+	posts, gets := tr.posts.Load(), tr.gets.Load()
+	_, ferr := r.auth.fetchToken(ctx, to, Credential{Username: tr.user, Password: "wrong-password-xyz"})
+	if ferr == nil || strings.Contains(ferr.Error(), "wrong-password-xyz") || !errors.Is(ferr, ErrTokenFetch) || !strings.Contains(ferr.Error(), "401") {
 		t.Errorf("token fetch error %v", ferr)
+	}
+	if tr.posts.Load() != posts+1 || tr.gets.Load() != gets+1 {
+		t.Errorf("token endpoint saw %d POSTs and %d GETs, want one of each", tr.posts.Load()-posts, tr.gets.Load()-gets)
 	}
 }
 
-func mustRealm(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, ok := bearerRealm(Challenge{Params: map[string]string{"realm": s}})
-	if !ok {
-		t.Fatalf("bad realm %q", s)
+// Token requests go through the resolver's own transport: a realm on a private address is
+// refused unless the registry that named it is allowed private networks.
+func TestTokenRealmGoesThroughTheDialGuard(t *testing.T) {
+	tr := newTokenRegistry(t, true)
+	r := authResolver(t, tr, Credential{Username: tr.user, Password: tr.pass})
+	to := auth.TokenOptions{Realm: tr.srv.URL + "/token", Service: "fake-registry", Scopes: []string{"repository:app:pull"}}
+	_, err := r.auth.fetchToken(context.Background(), to, Credential{Username: tr.user, Password: tr.pass})
+	if !errors.Is(err, ErrTokenFetch) || !strings.Contains(err.Error(), "allow_private_networks") {
+		t.Errorf("token fetch from a loopback realm without allow_private_networks: %v", err)
 	}
-	return u
+	if n := tr.posts.Load() + tr.gets.Load(); n != 0 {
+		t.Errorf("the loopback realm got %d token requests", n)
+	}
 }
 
 func TestBasicChallenge(t *testing.T) {

@@ -58,22 +58,54 @@ type credentialsFile struct {
 	} `toml:"registries"`
 }
 
-// LoadCredentials reads the daemon's credentials: first the auths of a Docker config.json
-// (dockerConfig, optional), then the credentials file (optional), whose entries win. Errors
-// name the file and the registry, never a secret.
+// LoadCredentials reads the daemon's static credentials: first the auths of a Docker
+// config.json (dockerConfig, optional), then the credentials file (optional), whose entries
+// win. Credential helpers named in the Docker config are not run (CredentialStore does).
+// Errors name the file and the registry, never a secret.
 func LoadCredentials(credentialsFile, dockerConfig string) (Credentials, error) {
+	set, err := loadCredentialSet(credentialsFile, dockerConfig)
+	if err != nil {
+		return nil, err
+	}
 	creds := Credentials{}
+	for reg, c := range set.auths {
+		creds[reg] = c
+	}
+	for reg, c := range set.file {
+		if !c.hasSecret() {
+			c.Username, c.Password, c.IdentityToken = creds[reg].Username, creds[reg].Password, creds[reg].IdentityToken
+		}
+		creds[reg] = c
+	}
+	return creds, nil
+}
+
+// credentialSet is what the two files say, kept apart so that the precedence between the
+// credentials file, credential helpers and plain auths is decided at lookup.
+type credentialSet struct {
+	// file holds the credentials file's entries; an entry may carry only NodePublic.
+	file Credentials
+	// auths are the Docker config's auths entries with a secret.
+	auths Credentials
+	// helpers are the Docker config's credHelpers (registry -> helper name), store its
+	// credsStore (the helper asked for every other registry).
+	helpers map[string]string
+	store   string
+}
+
+func loadCredentialSet(credentialsFile, dockerConfig string) (*credentialSet, error) {
+	set := &credentialSet{file: Credentials{}, auths: Credentials{}, helpers: map[string]string{}}
 	if dockerConfig != "" {
-		if err := readDockerConfig(dockerConfig, creds); err != nil {
+		if err := readDockerConfig(dockerConfig, set); err != nil {
 			return nil, err
 		}
 	}
 	if credentialsFile != "" {
-		if err := readCredentialsFile(credentialsFile, creds); err != nil {
+		if err := readCredentialsFile(credentialsFile, set.file); err != nil {
 			return nil, err
 		}
 	}
-	return creds, nil
+	return set, nil
 }
 
 func readCredentialsFile(path string, creds Credentials) error {
@@ -95,7 +127,7 @@ func readCredentialsFile(path string, creds Credentials) error {
 		if err := config.ValidRegistryHost(reg); err != nil {
 			return fmt.Errorf("credentials file %s: registry %q: %w", path, name, err)
 		}
-		c := creds[reg]
+		var c Credential
 		if e.Username != "" || e.Password != "" || e.IdentityToken != "" {
 			c = Credential{Username: e.Username, Password: e.Password, IdentityToken: e.IdentityToken}
 			if !c.hasSecret() {
@@ -116,9 +148,11 @@ type dockerConfigFile struct {
 		Password      string `json:"password"`
 		IdentityToken string `json:"identitytoken"`
 	} `json:"auths"`
+	CredsStore  string            `json:"credsStore"`
+	CredHelpers map[string]string `json:"credHelpers"`
 }
 
-func readDockerConfig(path string, creds Credentials) error {
+func readDockerConfig(path string, set *credentialSet) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("docker config: %w", err)
@@ -145,8 +179,24 @@ func readDockerConfig(path string, creds Credentials) error {
 			c.Username, c.Password = user, pass
 		}
 		if c.hasSecret() {
-			creds[reg] = c
+			set.auths[reg] = c
 		}
+	}
+	if f.CredsStore != "" {
+		if err := validHelperName(f.CredsStore); err != nil {
+			return fmt.Errorf("docker config %s: credsStore: %w", path, err)
+		}
+		set.store = f.CredsStore
+	}
+	for name, helper := range f.CredHelpers {
+		reg := normalizeRegistry(name)
+		if config.ValidRegistryHost(reg) != nil {
+			continue
+		}
+		if err := validHelperName(helper); err != nil {
+			return fmt.Errorf("docker config %s: credHelpers[%q]: %w", path, name, err)
+		}
+		set.helpers[reg] = helper
 	}
 	return nil
 }

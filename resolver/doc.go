@@ -4,6 +4,8 @@
 // clients with their dial, header and stall timeouts, the guard that keeps the daemon from
 // dialling private networks or itself, redirects (no registry Authorization to another host,
 // one retry when a signed URL has expired), the forwarding of the client's credentials, and
-// the daemon's own credentials: challenge parsing, token fetches (OAuth2 POST, GET fallback)
-// and the token cache. It knows nothing about the disk.
+// the daemon's own credentials: challenges and token fetches (OAuth2 POST, GET fallback) with
+// containerd's core/remotes/docker/auth through the resolver's own client, and the token
+// cache (per registry, realm, service, scope and credential, one fetch at a time, refreshed
+// before expiry). It knows nothing about the disk.
 package resolver

@@ -95,10 +95,10 @@ func (r *Resolver) hostsFor(ctx context.Context, ep Endpoint) ([]upstreamHost, e
 // configureHosts reads dir with containerd's own hosts.toml parser, then puts the daemon's
 // dial guard, timeouts and redirect policy on every client it made.
 func (r *Resolver) configureHosts(ctx context.Context, ep Endpoint, dir string) ([]upstreamHost, error) {
-	scheme := ""
-	if ep.Scheme == "http" {
-		scheme = "http"
-	}
+	// The scheme is always given: left empty, containerd's parser reaches a loopback registry
+	// by plain http first and skips TLS verification for it (its localhost rule); the daemon
+	// verifies unless the registry is in plain_http or its hosts.toml says skip_verify.
+	scheme := ep.Scheme
 	registryHosts := hostsconfig.ConfigureHosts(ctx, hostsconfig.HostOptions{
 		HostDir:       func(string) (string, error) { return dir, nil },
 		DefaultScheme: scheme,
@@ -132,7 +132,8 @@ func (r *Resolver) configureHosts(ctx context.Context, ep Endpoint, dir string) 
 }
 
 // adoptClient makes a client built by containerd's hosts code behave like the resolver's own:
-// guarded dial (no private networks, never the daemon itself), header timeout, no transparent
+// guarded dial (no private networks, never the daemon itself), the daemon's forward proxy
+// (containerd's would read the environment at every request), header timeout, no transparent
 // decompression, the redirect policy. TLS settings from hosts.toml stay as containerd set them.
 func (r *Resolver) adoptClient(c *http.Client) error {
 	tr, ok := c.Transport.(*http.Transport)
@@ -140,7 +141,7 @@ func (r *Resolver) adoptClient(c *http.Client) error {
 		return fmt.Errorf("unexpected transport %T from hosts config: %w", c.Transport, errdefs.ErrInternal)
 	}
 	tr.DialContext = r.guardedDial(&net.Dialer{Timeout: r.opts.DialTimeout, KeepAlive: 30 * time.Second})
-	tr.Proxy = nil
+	tr.Proxy = r.proxy
 	tr.TLSHandshakeTimeout = r.opts.DialTimeout
 	tr.ResponseHeaderTimeout = r.opts.ResponseHeaderTimeout
 	tr.DisableCompression = true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 )
@@ -38,14 +38,33 @@ type Options struct {
 	DialTimeout           time.Duration
 	ResponseHeaderTimeout time.Duration
 	StallTimeout          time.Duration
-	UserAgent             string
+	// LowSpeedLimit (bytes per second) and LowSpeedTime: a body that arrives slower than
+	// that over that long is abandoned. Zero: no speed limit, only the stall timeout.
+	LowSpeedLimit int64
+	LowSpeedTime  time.Duration
+	// BreakerCooldown is how long a host that did not answer gets no request but a fast
+	// failure (one probe is let through after it). Zero: no circuit breaker.
+	BreakerCooldown time.Duration
+	// ObserveBreaker, when set, is told when a host's circuit opens or closes (for metrics).
+	ObserveBreaker func(host string, open bool)
+	UserAgent      string
 	// SelfAddresses are the daemon's own listeners; they are never dialled as an upstream.
 	SelfAddresses []string
 	// HostsDir is the daemon's own hosts.toml directory (containerd's certs.d layout); empty
 	// or missing: every registry is reached directly.
 	HostsDir string
-	// Credentials are the daemon's own credentials per registry.
-	Credentials Credentials
+	// CredentialStore holds the daemon's own credentials (files and helpers, reloadable);
+	// when nil, Credentials is used as a fixed set.
+	CredentialStore *CredentialStore
+	Credentials     Credentials
+	// Proxy is upstream.proxy: "" the ProxyEnvironment's choice, "direct" none, or a proxy
+	// URL for every registry.
+	Proxy string
+	// RegistryProxies is upstream.registry_proxies (pattern → proxy URL or "direct").
+	RegistryProxies map[string]string
+	// ProxyEnvironment is HTTPS_PROXY, HTTP_PROXY and NO_PROXY as the process read them at
+	// start (httpproxy.FromEnvironment()); nil: no proxy from the environment.
+	ProxyEnvironment *httpproxy.Config
 	// ObserveUpstream, when set, is told of every upstream request: kind, method, status
 	// (0 when no response came) and the time to the response headers (for metrics).
 	ObserveUpstream func(kind, method string, status int, d time.Duration)
@@ -62,14 +81,13 @@ type Resolver struct {
 	hosts *hostsCache
 	// auth is nil when the daemon holds no credentials.
 	auth *authenticator
+	// proxies picks the forward proxy of each request.
+	proxies *proxySelector
+	// breakers fail requests to hosts that recently did not answer; nil: none.
+	breakers *breakers
 
 	mu   sync.RWMutex
 	self []netip
-}
-
-type netip struct {
-	ip   net.IP
-	port string
 }
 
 // Endpoint says how one registry, as named by ?ns=, is reached.
@@ -88,6 +106,9 @@ func New(opts Options) (*Resolver, error) {
 	if opts.DialTimeout <= 0 || opts.ResponseHeaderTimeout <= 0 || opts.StallTimeout <= 0 {
 		return nil, fmt.Errorf("resolver timeouts must be positive: %w", errdefs.ErrInvalidArgument)
 	}
+	if opts.LowSpeedLimit < 0 || opts.LowSpeedTime < 0 || opts.BreakerCooldown < 0 {
+		return nil, fmt.Errorf("resolver speed limit and breaker cool-down must not be negative: %w", errdefs.ErrInvalidArgument)
+	}
 	if opts.UserAgent == "" {
 		opts.UserAgent = "containerd-blobcache"
 	}
@@ -95,9 +116,15 @@ func New(opts Options) (*Resolver, error) {
 	if err := r.SetSelfAddresses(opts.SelfAddresses); err != nil {
 		return nil, err
 	}
+	r.breakers = newBreakers(opts.BreakerCooldown, opts.ObserveBreaker)
+	var err error
+	if r.proxies, err = newProxySelector(opts.Proxy, opts.RegistryProxies, opts.ProxyEnvironment); err != nil {
+		return nil, err
+	}
 	dialer := &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}
 	transport := &http.Transport{
 		DialContext:           r.guardedDial(dialer),
+		Proxy:                 r.proxy,
 		ForceAttemptHTTP2:     true,
 		TLSHandshakeTimeout:   opts.DialTimeout,
 		ResponseHeaderTimeout: opts.ResponseHeaderTimeout,
@@ -113,8 +140,13 @@ func New(opts Options) (*Resolver, error) {
 		r.hosts = &hostsCache{dir: opts.HostsDir, entries: map[string]hostsEntry{}}
 	}
 	// Without credentials the authenticator still fetches anonymous tokens (AuthAnonymous).
-	r.auth = newAuthenticator(opts.Credentials, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
+	creds := opts.CredentialStore
+	if creds == nil {
+		creds = staticCredentialStore(opts.Credentials)
+	}
+	r.auth = newAuthenticator(creds, r.client, opts.ResponseHeaderTimeout+opts.StallTimeout)
 	r.auth.tokenFetched = opts.ObserveTokenFetch
+	r.auth.tokenHeader = http.Header{"User-Agent": {opts.UserAgent}}
 	return r, nil
 }
 
@@ -130,29 +162,6 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 	if req.URL.Host != via[0].URL.Host {
 		req.Header.Del("Authorization")
 	}
-	return nil
-}
-
-// SetSelfAddresses records the daemon's own listener addresses (host:port) for the loop guard.
-func (r *Resolver) SetSelfAddresses(addrs []string) error {
-	var self []netip
-	for _, a := range addrs {
-		host, port, err := net.SplitHostPort(a)
-		if err != nil {
-			return fmt.Errorf("self address %q: %w", a, errdefs.ErrInvalidArgument)
-		}
-		ip := net.ParseIP(host)
-		if ip == nil && host != "" && host != "localhost" {
-			return fmt.Errorf("self address %q is not an IP: %w", a, errdefs.ErrInvalidArgument)
-		}
-		if ip == nil {
-			ip = net.IPv4(127, 0, 0, 1)
-		}
-		self = append(self, netip{ip: ip, port: port})
-	}
-	r.mu.Lock()
-	r.self = self
-	r.mu.Unlock()
 	return nil
 }
 
@@ -201,13 +210,15 @@ type Request struct {
 	Method     string
 	Endpoint   Endpoint
 	Repository string
-	// Kind is "manifests" or "blobs".
+	// Kind is "manifests", "blobs", "tags" (Reference "list") or "referrers".
 	Kind      string
 	Reference string
 	// Header holds the client's headers; only those a registry needs are forwarded.
 	Header http.Header
 	// Range, when set, replaces the client's Range header ("bytes=N-").
 	Range string
+	// Query is sent as the URL's query (tags/list's n and last, referrers' artifactType).
+	Query url.Values
 	Auth  AuthMode
 }
 
@@ -228,18 +239,23 @@ func (r *Resolver) NodePublic(registry string) bool {
 
 // Do sends the request upstream: to each host of the registry's hosts.toml in order (a host
 // that fails, or answers 404, 429 or 5xx, passes the request to the next), or to the registry
-// itself. The response body, if any, is guarded by the stall timeout: a read that waits
-// longer than that for a byte fails. Transport failures are wrapped around
-// errdefs.ErrUnavailable.
+// itself. The response body, if any, is guarded by the stall timeout (a read that waits
+// longer than that for a byte fails) and the low-speed limit. A host whose circuit is open
+// (it recently did not answer) is skipped without a request (ErrCircuitOpen). Transport
+// failures are wrapped around errdefs.ErrUnavailable.
 func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) {
-	if req.Kind != "manifests" && req.Kind != "blobs" {
+	switch req.Kind {
+	case "manifests", "blobs", "tags", "referrers":
+	default:
 		return nil, fmt.Errorf("kind %q: %w", req.Kind, errdefs.ErrInvalidArgument)
 	}
 	hosts, err := r.hostsFor(ctx, req.Endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
 	}
-	byTag := req.Kind == "manifests" && !strings.Contains(req.Reference, ":")
+	// What a tag points at, the tags and the referrers of a manifest change: only hosts
+	// with the resolve capability answer them.
+	byTag := (req.Kind == "manifests" && !strings.Contains(req.Reference, ":")) || req.Kind == "tags" || req.Kind == "referrers"
 	var usable []upstreamHost
 	for _, h := range hosts {
 		if (byTag && h.resolve) || (!byTag && h.pull) {
@@ -250,7 +266,14 @@ func (r *Resolver) Do(ctx context.Context, req Request) (*http.Response, error) 
 		return nil, fmt.Errorf("no host in hosts.toml of %s may serve this request: %w", req.Endpoint.Name, errdefs.ErrUnavailable)
 	}
 	for i, h := range usable {
-		resp, err := r.doHost(ctx, h, req)
+		probe, err := r.breakers.allow(h.host)
+		var resp *http.Response
+		if err == nil {
+			resp, err = r.doHost(ctx, h, req)
+			if probe {
+				r.breakers.probeDone(h.host)
+			}
+		}
 		if i == len(usable)-1 {
 			return resp, err
 		}
@@ -281,10 +304,16 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 		Host:   h.host,
 		Path:   h.path + "/" + req.Repository + "/" + req.Kind + "/" + req.Reference,
 	}
-	if h.mirror {
-		u.RawQuery = url.Values{"ns": {ep.Name}}.Encode()
+	query := url.Values{}
+	for k, v := range req.Query {
+		query[k] = v
 	}
+	if h.mirror {
+		query.Set("ns", ep.Name)
+	}
+	u.RawQuery = query.Encode()
 	ctx = context.WithValue(ctx, allowPrivateKey{}, h.allowPrivate)
+	ctx = withRegistry(ctx, ep.Name)
 
 	cred, daemonAuth := r.auth.credential(ep.Name)
 	daemonAuth = daemonAuth && req.Auth == AuthDefault
@@ -321,7 +350,16 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 				return resp, nil
 			}
 			challenged = true
-			next, aerr := r.auth.authorizeChallenge(ctx, ep.Name, h.host, cred, scope, ParseChallenges(resp.Header))
+			challenges := ParseChallenges(resp.Header)
+			next, aerr := r.auth.authorizeChallenge(ctx, ep.Name, h.host, cred, scope, challenges)
+			if req.Auth == AuthDefault && (aerr != nil || strings.HasPrefix(authz.value, "Basic ")) {
+				// The credential itself may be what was refused (rotated upstream): a
+				// credential helper is asked again, once per request.
+				if renewed, ok := r.auth.renewCredential(ctx, ep.Name, cred); ok {
+					cred = renewed
+					next, aerr = r.auth.authorizeChallenge(ctx, ep.Name, h.host, cred, scope, challenges)
+				}
+			}
 			if aerr != nil {
 				log.G(ctx).WithError(aerr).WithField("registry", ep.Name).Warn("cannot authenticate with the daemon's credentials")
 				return resp, nil
@@ -335,8 +373,8 @@ func (r *Resolver) doHost(ctx context.Context, h upstreamHost, req Request) (*ht
 }
 
 // send makes one request to one host.
-func (r *Resolver) send(ctx context.Context, h upstreamHost, u url.URL, req Request, daemonAuth bool, authorization string) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(ctx)
+func (r *Resolver) send(parent context.Context, h upstreamHost, u url.URL, req Request, daemonAuth bool, authorization string) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(parent)
 	hreq, err := http.NewRequestWithContext(ctx, req.Method, u.String(), nil)
 	if err != nil {
 		cancel()
@@ -375,9 +413,18 @@ func (r *Resolver) send(ctx context.Context, h upstreamHost, u url.URL, req Requ
 	}
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), unwrapURLError(err), errdefs.ErrUnavailable)
+		err = unwrapURLError(err)
+		if isConnectionFailure(parent, err) {
+			r.breakers.failed(parent, h.host, err)
+		}
+		err = explainTLS(err, r.opts.HostsDir, req.Endpoint.Name)
+		return nil, fmt.Errorf("%s %s: %w: %w", req.Method, redact(u), err, errdefs.ErrUnavailable)
 	}
-	resp.Body = newStallGuard(resp.Body, r.opts.StallTimeout, cancel)
+	r.breakers.succeeded(parent, h.host)
+	dog := watchdog{stall: r.opts.StallTimeout, lowSpeedLimit: r.opts.LowSpeedLimit, lowSpeedTime: r.opts.LowSpeedTime}
+	resp.Body = newStallGuard(resp.Body, dog, cancel, func(err error) {
+		r.breakers.failed(parent, h.host, fmt.Errorf("%s %s: %w", req.Method, redact(u), err))
+	})
 	return resp, nil
 }
 
@@ -394,136 +441,4 @@ func redact(u url.URL) string {
 	u.RawQuery = ""
 	u.User = nil
 	return u.String()
-}
-
-// ErrBlockedAddress is returned when an upstream resolves to an address it may not use.
-var ErrBlockedAddress = fmt.Errorf("upstream address not allowed: %w", errdefs.ErrPermissionDenied)
-
-func (r *Resolver) guardedDial(dialer *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			return nil, err
-		}
-		allowPrivate, _ := ctx.Value(allowPrivateKey{}).(bool)
-		ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
-		if err != nil {
-			return nil, err
-		}
-		var lastErr error = fmt.Errorf("no address for %s", host)
-		for _, ip := range ips {
-			// The address is checked and then dialled as the IP itself, so a second DNS answer
-			// (rebinding) cannot swap in another address between the check and the dial.
-			if err := r.checkAddress(ip.IP, port, allowPrivate); err != nil {
-				lastErr = fmt.Errorf("%s (%s): %w", host, ip.IP, err)
-				continue
-			}
-			conn, err := dialer.DialContext(ctx, network, net.JoinHostPort(ip.IP.String(), port))
-			if err == nil {
-				return conn, nil
-			}
-			lastErr = err
-		}
-		return nil, lastErr
-	}
-}
-
-func (r *Resolver) checkAddress(ip net.IP, port string, allowPrivate bool) error {
-	r.mu.RLock()
-	self := r.self
-	r.mu.RUnlock()
-	for _, s := range self {
-		if s.port != port {
-			continue
-		}
-		if s.ip.Equal(ip) || (s.ip.IsUnspecified() && (ip.IsLoopback() || isLocalAddress(ip))) {
-			return fmt.Errorf("that is this daemon's own listener: %w", ErrBlockedAddress)
-		}
-	}
-	if allowPrivate {
-		return nil
-	}
-	if isRestricted(ip) {
-		return fmt.Errorf("loopback, private or link-local address; list the registry in upstream.allow_private_networks to allow it: %w", ErrBlockedAddress)
-	}
-	return nil
-}
-
-// isRestricted covers the addresses an open proxy would let a client reach: the node itself,
-// its private networks, link-local (including cloud metadata at 169.254.169.254) and the like.
-func isRestricted(ip net.IP) bool {
-	if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() ||
-		ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
-		return true
-	}
-	if v4 := ip.To4(); v4 != nil {
-		// 100.64.0.0/10 (carrier-grade NAT, used by some clouds for metadata) and 0.0.0.0/8.
-		return (v4[0] == 100 && v4[1]&0xc0 == 64) || v4[0] == 0
-	}
-	return false
-}
-
-func isLocalAddress(ip net.IP) bool {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
-			return true
-		}
-	}
-	return false
-}
-
-// ErrStalled is returned by a response body that received no byte for the stall timeout.
-var ErrStalled = fmt.Errorf("upstream stalled: %w", errdefs.ErrUnavailable)
-
-// stallGuard fails a body read that waits longer than the stall timeout. The timer runs only
-// while a Read is waiting, so a slow reader on our side does not count against the upstream.
-type stallGuard struct {
-	body    io.ReadCloser
-	timeout time.Duration
-	cancel  context.CancelFunc
-	timer   *time.Timer
-
-	mu      sync.Mutex
-	stalled bool
-}
-
-func newStallGuard(body io.ReadCloser, timeout time.Duration, cancel context.CancelFunc) io.ReadCloser {
-	g := &stallGuard{body: body, timeout: timeout, cancel: cancel}
-	g.timer = time.AfterFunc(timeout, g.fire)
-	g.timer.Stop()
-	return g
-}
-
-func (g *stallGuard) fire() {
-	g.mu.Lock()
-	g.stalled = true
-	g.mu.Unlock()
-	g.cancel()
-}
-
-func (g *stallGuard) Read(p []byte) (int, error) {
-	g.timer.Reset(g.timeout)
-	n, err := g.body.Read(p)
-	g.timer.Stop()
-	if err != nil && err != io.EOF {
-		g.mu.Lock()
-		stalled := g.stalled
-		g.mu.Unlock()
-		if stalled {
-			return n, fmt.Errorf("no byte for %s: %w", g.timeout, ErrStalled)
-		}
-		return n, fmt.Errorf("read upstream body: %w: %w", err, errdefs.ErrUnavailable)
-	}
-	return n, err
-}
-
-func (g *stallGuard) Close() error {
-	g.timer.Stop()
-	err := g.body.Close()
-	g.cancel()
-	return err
 }

@@ -14,7 +14,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
+	"github.com/containerd/errdefs/pkg/errhttp"
+
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin/adminapi"
 )
 
 // adminFlags are the flags every admin command takes.
@@ -115,15 +117,25 @@ func (c *adminClient) call(ctx context.Context, method, path string, body any) (
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		var e admin.ErrorResponse
+		var e adminapi.ErrorResponse
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, errors.New(e.Error)
+			return nil, apiError{msg: e.Error, kind: errhttp.ToNative(resp.StatusCode)}
 		}
 		return nil, fmt.Errorf("admin API answered %s", resp.Status)
 	}
 	return resp, nil
 }
+
+// apiError is an error the daemon answered with: its message, and the errdefs sentinel its
+// HTTP status stands for (errdefs.IsNotFound and forTerminal see it).
+type apiError struct {
+	msg  string
+	kind error
+}
+
+func (e apiError) Error() string { return e.msg }
+func (e apiError) Unwrap() error { return e.kind }
 
 // unwrapOp keeps the system error of a dial ("connect: no such file or directory").
 func unwrapOp(err error) error {

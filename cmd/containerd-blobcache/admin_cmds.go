@@ -21,7 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin/adminapi"
 )
 
 // adminCommands are the commands that talk to a running daemon.
@@ -48,8 +48,8 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Errorf("stats takes no arguments")}
 	}
-	var st admin.StatsResponse
-	if err := af.request(http.MethodGet, admin.PathStats, nil, &st); err != nil {
+	var st adminapi.StatsResponse
+	if err := af.request(http.MethodGet, adminapi.PathStats, nil, &st); err != nil {
 		return err
 	}
 	if *af.json {
@@ -60,24 +60,54 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 	if s.MaxSize > 0 {
 		limit = fmt.Sprintf("%s (%.0f%% used; evicts above %s down to %s)", humanBytes(s.MaxSize), 100*float64(s.Size)/float64(s.MaxSize), humanBytes(s.High), humanBytes(s.Low))
 	}
+	fmt.Fprintf(stdout, "daemon:    containerd-blobcache %s\n", st.Version)
 	fmt.Fprintf(stdout, "store:     %s in %d blobs, limit %s\n", humanBytes(s.Size), s.Blobs, limit)
 	fmt.Fprintf(stdout, "content:   %d manifests, %d tags, %d blobs held by containerd\n", s.Manifests, s.Tags, s.Held)
 	fmt.Fprintf(stdout, "since:     %s\n\n", st.Since.Local().Format("2006-01-02 15:04:05"))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REGISTRY\tREQUESTS\tHITS\tMISSES\tBYPASS\tSTALE\tERRORS\tHIT RATIO\tFROM CACHE\tFROM UPSTREAM")
+	fmt.Fprintln(tw, "REGISTRY\tREQUESTS\tHITS\tMISSES\tBYPASS\tSTALE\tERRORS\tHIT RATIO\tFROM CACHE\tFROM PEERS\tFROM UPSTREAM")
 	regs := make([]string, 0, len(st.Registries))
 	for r := range st.Registries {
 		regs = append(regs, r)
 	}
 	sort.Strings(regs)
-	row := func(name string, t admin.TrafficStats) {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f%%\t%s\t%s\n", name, t.Requests, t.Hits+t.Negative, t.Misses, t.Bypassed, t.Stale, t.Errors,
-			100*t.HitRatio, humanBytes(t.BytesFromCache), humanBytes(t.BytesFromUpstream))
+	row := func(name string, t adminapi.TrafficStats) {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f%%\t%s\t%s\t%s\n", name, t.Requests, t.Hits+t.Negative, t.Misses+t.PeerMisses, t.Bypassed, t.Stale, t.Errors,
+			100*t.HitRatio, humanBytes(t.BytesFromCache), humanBytes(t.BytesFromPeer), humanBytes(t.BytesFromUpstream))
 	}
 	for _, r := range regs {
 		row(r, st.Registries[r])
 	}
 	row("total", st.Total)
+	if st.Content.Requests > 0 {
+		// The content API's Info and Read calls: hits and misses of the store.
+		row("content API", st.Content)
+	}
+	if st.Peer.Requests > 0 {
+		// Blobs this node served to other nodes of the cluster tier.
+		row("served to peers", st.Peer)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printPeers(stdout, st.Peers)
+}
+
+// printPeers lists the cluster tier's nodes and their state.
+func printPeers(stdout io.Writer, peers []adminapi.PeerStatus) error {
+	if len(peers) == 0 {
+		return nil
+	}
+	fmt.Fprintln(stdout)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tRETRIED AT")
+	for _, p := range peers {
+		retry := ""
+		if p.DownUntil != nil {
+			retry = p.DownUntil.Local().Format("15:04:05")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Address, p.State, retry)
+	}
 	return tw.Flush()
 }
 
@@ -101,15 +131,15 @@ func lsCmd(args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Errorf("ls takes at most one of tags, manifests, blobs")}
 	}
 	q := url.Values{"kind": {kind}, "registry": {*registry}, "repository": {*repo}, "digest": {*prefix}, "limit": {strconv.Itoa(*limit)}}
-	var entries []admin.ListEntry
-	if err := af.request(http.MethodGet, admin.PathList+"?"+q.Encode(), nil, &entries); err != nil {
+	var entries []adminapi.ListEntry
+	if err := af.request(http.MethodGet, adminapi.PathList+"?"+q.Encode(), nil, &entries); err != nil {
 		return err
 	}
 	if *af.json {
 		return printJSON(stdout, entries)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	var tags, blobs []admin.ListEntry
+	var tags, blobs []adminapi.ListEntry
 	for _, e := range entries {
 		if e.Kind == "tag" {
 			tags = append(tags, e)
@@ -161,7 +191,7 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Errorf("gc takes no arguments")}
 	}
-	req := admin.GCRequest{Target: -1}
+	req := adminapi.GCRequest{Target: -1}
 	if *target != "" {
 		n, err := config.ParseSize(*target)
 		if err != nil {
@@ -169,8 +199,8 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		req.Target = int64(n)
 	}
-	var res blobcacheEvict
-	if err := af.request(http.MethodPost, admin.PathGC, req, &res); err != nil {
+	var res adminapi.GCResponse
+	if err := af.request(http.MethodPost, adminapi.PathGC, req, &res); err != nil {
 		return err
 	}
 	if *af.json {
@@ -184,28 +214,12 @@ func gcCmd(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// blobcacheEvict mirrors blobcache.EvictResult's JSON (and RemoveResponse's).
-type blobcacheEvict struct {
-	Blobs      int   `json:"blobs"`
-	Bytes      int64 `json:"bytes"`
-	Tags       int   `json:"tags"`
-	InUse      int   `json:"inUse"`
-	Held       int   `json:"held"`
-	Size       int64 `json:"size"`
-	TagRemoved bool  `json:"tagRemoved,omitempty"`
+// verifyFound makes verify exit 1 when it found (and repaired) something, naming what: an
+// orphan is an intact file the index lacked, not damage.
+func verifyFound(rep adminapi.VerifyResponse) error {
+	return fmt.Errorf("verify found %d corrupt blobs, %d missing blobs, %d orphans (blob files without a record), %d leftover fills (repaired: see above)",
+		len(rep.Corrupt), len(rep.Missing), len(rep.Orphans), rep.LeftoverFills)
 }
-
-type verifyReport struct {
-	Checked       int             `json:"checked"`
-	Bytes         int64           `json:"bytes"`
-	Corrupt       []digest.Digest `json:"corrupt"`
-	Missing       []digest.Digest `json:"missing"`
-	Orphans       []digest.Digest `json:"orphans"`
-	LeftoverFills int             `json:"leftoverFills"`
-}
-
-// errVerifyFound makes verify exit 1 when it found (and repaired) something.
-var errVerifyFound = errors.New("verify found damaged blobs (repaired: see above)")
 
 func verifyCmd(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("verify", stderr)
@@ -214,7 +228,7 @@ func verifyCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	req := admin.VerifyRequest{}
+	req := adminapi.VerifyRequest{}
 	for _, a := range pos {
 		d, err := digest.Parse(a)
 		if err != nil {
@@ -222,8 +236,8 @@ func verifyCmd(args []string, stdout, stderr io.Writer) error {
 		}
 		req.Digests = append(req.Digests, d)
 	}
-	var rep verifyReport
-	if err := af.request(http.MethodPost, admin.PathVerify, req, &rep); err != nil {
+	var rep adminapi.VerifyResponse
+	if err := af.request(http.MethodPost, adminapi.PathVerify, req, &rep); err != nil {
 		return err
 	}
 	if *af.json {
@@ -243,7 +257,7 @@ func verifyCmd(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if len(rep.Corrupt)+len(rep.Missing)+len(rep.Orphans)+rep.LeftoverFills > 0 {
-		return errVerifyFound
+		return verifyFound(rep)
 	}
 	return nil
 }
@@ -262,8 +276,8 @@ func rmCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	var res blobcacheEvict
-	if err := af.request(http.MethodPost, admin.PathRemove, req, &res); err != nil {
+	var res adminapi.RemoveResponse
+	if err := af.request(http.MethodPost, adminapi.PathRemove, req, &res); err != nil {
 		return err
 	}
 	if *af.json {
@@ -278,21 +292,21 @@ func rmCmd(args []string, stdout, stderr io.Writer) error {
 }
 
 // parseRemoveTarget reads "sha256:...", "registry", "registry/repo" or "registry/repo:tag".
-func parseRemoveTarget(s string) (admin.RemoveRequest, error) {
+func parseRemoveTarget(s string) (adminapi.RemoveRequest, error) {
 	if d, err := digest.Parse(s); err == nil {
-		return admin.RemoveRequest{Digest: d}, nil
+		return adminapi.RemoveRequest{Digest: d}, nil
 	}
 	if !strings.Contains(s, "/") {
 		if err := config.ValidRegistryHost(s); err != nil {
-			return admin.RemoveRequest{}, err
+			return adminapi.RemoveRequest{}, err
 		}
-		return admin.RemoveRequest{Registry: s}, nil
+		return adminapi.RemoveRequest{Registry: s}, nil
 	}
 	named, err := reference.ParseNamed(s)
 	if err != nil {
-		return admin.RemoveRequest{}, fmt.Errorf("%q: %v (give the registry explicitly, e.g. docker.io/library/busybox:latest)", s, err)
+		return adminapi.RemoveRequest{}, fmt.Errorf("%q: %v (give the registry explicitly, e.g. docker.io/library/busybox:latest)", s, err)
 	}
-	req := admin.RemoveRequest{Registry: reference.Domain(named), Repository: reference.Path(named)}
+	req := adminapi.RemoveRequest{Registry: reference.Domain(named), Repository: reference.Path(named)}
 	if t, ok := named.(reference.Tagged); ok {
 		req.Tag = t.Tag()
 	}
@@ -334,7 +348,7 @@ func prefetchCmd(args []string, stdout, stderr io.Writer) error {
 }
 
 func prefetchOne(ctx context.Context, c *adminClient, image, platform string, asJSON bool, out io.Writer) error {
-	resp, err := c.call(ctx, http.MethodPost, admin.PathPrefetch, admin.PrefetchRequest{Image: image, Platform: platform})
+	resp, err := c.call(ctx, http.MethodPost, adminapi.PathPrefetch, adminapi.PrefetchRequest{Image: image, Platform: platform})
 	if err != nil {
 		return err
 	}
@@ -343,7 +357,7 @@ func prefetchOne(ctx context.Context, c *adminClient, image, platform string, as
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		var ev admin.PrefetchEvent
+		var ev adminapi.PrefetchEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return fmt.Errorf("bad progress line: %v", err)
 		}

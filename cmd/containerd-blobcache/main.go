@@ -81,24 +81,37 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "containerd-blobcache: unknown command %q\n\n%s", args[0], usage)
 		return 2
 	}
-	var uerr usageError
-	switch {
-	case err == nil:
+	if err == nil {
 		return 0
-	case errors.As(err, &uerr):
-		fmt.Fprintf(stderr, "containerd-blobcache: %v\n", err)
-		return 2
-	default:
-		fmt.Fprintf(stderr, "containerd-blobcache: %v\n", err)
-		return 1
 	}
+	// -h: the flag set printed the command's usage, which is the whole answer.
+	if !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stderr, "containerd-blobcache: %s\n", forTerminal(err))
+	}
+	var uerr usageError
+	if errors.As(err, &uerr) {
+		return 2
+	}
+	return 1
 }
 
+// usageError is a command line that is wrong (exit code 2).
 type usageError struct{ error }
 
+func (e usageError) Unwrap() error { return e.error }
+
+// newFlags is a command's flag set. A parse error is printed once, by run, after the
+// command's usage: the flag package would print it a second time, before the usage, so its
+// own output is discarded and Usage writes to stderr.
 func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage of %s:\n", name)
+		fs.SetOutput(stderr)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
 	return fs
 }
 
@@ -117,6 +130,7 @@ func serve(args []string, stderr io.Writer) error {
 	level := fs.String("log-level", "", "log level (overrides the config's log_level)")
 	contentAddress := fs.String("content-address", "", "serve the content API on this unix socket (sets content.enabled and content.address)")
 	adminAddress := fs.String("admin-address", "", "serve the admin API on this unix socket (sets admin.address)")
+	peerListen := fs.String("peer-listen", "", "serve the cluster tier's peer listener on this host:port, the node's address (sets peer.enabled and peer.listen)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -139,6 +153,10 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	if *adminAddress != "" {
 		cfg.Admin.Address = *adminAddress
+	}
+	if *peerListen != "" {
+		cfg.Peer.Enabled = true
+		cfg.Peer.Listen = *peerListen
 	}
 	if err := cfg.Validate(); err != nil {
 		return err

@@ -8,7 +8,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin/adminapi"
 )
 
 // progress shows a prefetch: on a terminal one bar redrawn in place, otherwise one plain
@@ -32,7 +32,7 @@ func newProgress(out io.Writer, tty bool) *progress {
 	return &progress{out: out, tty: tty, start: time.Now(), blobs: map[digest.Digest]*blobProgress{}}
 }
 
-func (p *progress) event(ev admin.PrefetchEvent) {
+func (p *progress) event(ev adminapi.PrefetchEvent) {
 	switch ev.Event {
 	case "resolved":
 		p.image = ev.Image

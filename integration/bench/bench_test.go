@@ -147,14 +147,12 @@ func TestBench(t *testing.T) {
 	harness.RequireRoot(t)
 	tools := harness.Tools(t)
 	e := &env{cfg: cfg, work: t.TempDir()}
-	nginx, err := exec.LookPath("nginx")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/nginx"); serr != nil {
-			harness.Unavailable(t, "nginx not found (run .ci/install-bench-deps): %v", err)
-		}
-		nginx = "/usr/sbin/nginx"
+	// Debian's nginx is in /usr/sbin, which a non-root PATH lacks.
+	e.nginx = "/usr/sbin/nginx"
+	if p, err := exec.LookPath("nginx"); err == nil {
+		e.nginx = p
 	}
-	e.nginx = nginx
+	harness.RequireDebianFile(t, e.nginx, "nginx-light")
 	e.bin = harness.DaemonBinaryNoRace(t)
 	loadBefore := loadAverage()
 	started := time.Now()
@@ -170,6 +168,7 @@ func TestBench(t *testing.T) {
 		{"herd", e.herd},
 		{"hot", e.hotBlobScenario},
 		{"manifest", e.manifestHits},
+		{"tag", e.manifestByTag},
 		{"startup", e.startup},
 		{"proxy", e.proxyMode},
 	} {
@@ -188,7 +187,7 @@ func TestBench(t *testing.T) {
 	fmt.Fprintf(&b, "containerd-blobcache benchmarks, %s\n\n", started.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "- machine: %s, %d cores, %s, kernel %s\n", cpuModel(), runtime.NumCPU(), memTotal(), kernel())
 	fmt.Fprintf(&b, "- load average before / after: %s / %s; took %v\n", loadBefore, loadAverage(), time.Since(started).Round(time.Second))
-	fmt.Fprintf(&b, "- versions: containerd-blobcache %s (no -race); %s; %s; %s; %s\n", sourceVersion(), runtime.Version(), firstLine(tools.Containerd, "--version"), firstLine(tools.Registry, "--version"), firstLine(nginx, "-v"))
+	fmt.Fprintf(&b, "- versions: containerd-blobcache %s (no -race); %s; %s; %s; %s\n", harness.SourceVersion(), runtime.Version(), firstLine(tools.Containerd, "--version"), firstLine(tools.Registry, "--version"), firstLine(e.nginx, "-v"))
 	fmt.Fprintf(&b, "- settings: runs=%d scale=%g herd_clients=%d dist_herd_runs=%d manifest_requests=%d manifest_rate=%d/s startup_records=%d link=%d Mbit/s + %v each way\n",
 		cfg.Runs, cfg.Scale, cfg.HerdClients, cfg.DistHerdRuns, cfg.ManifestRequests, cfg.ManifestRate, cfg.StartupRecords, cfg.LinkMbit, cfg.LinkDelay)
 	fmt.Fprintf(&b, "- command: %s\n\n", envString("BENCH_COMMAND", "go test -tags bench -run TestBench ./integration/bench/"))
@@ -779,19 +778,6 @@ func (e *env) timeStartup(t *testing.T, root string, records int) time.Duration 
 		}
 	}
 	return took
-}
-
-// sourceVersion names the commit the daemon was built from, "-dirty" with local changes.
-func sourceVersion() string {
-	root, err := harness.RepoRoot()
-	if err != nil {
-		return "?"
-	}
-	out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output()
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(out))
 }
 
 func loadAverage() string {

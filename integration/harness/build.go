@@ -6,33 +6,69 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// plainBuild is the daemon built without -race, for benchmarks: the race detector slows
-// the daemon several times over and would measure the detector, not the code.
-var plainBuild struct {
+// VersionPackage is the package whose Version variable the builds set with -ldflags -X,
+// as `make build` does.
+const VersionPackage = ModulePath + "/internal/version"
+
+// daemonBuild is one build of the daemon, made once per test binary.
+type daemonBuild struct {
 	once sync.Once
 	dir  string
 	path string
 	err  error
 }
 
+// raceBuild is the daemon built with -race, for the integration tests (DaemonBinary);
+// plainBuild without it, for benchmarks: the race detector slows the daemon several times
+// over and would measure the detector, not the code.
+var raceBuild, plainBuild daemonBuild
+
+func (b *daemonBuild) binary(t testing.TB, flags ...string) string {
+	t.Helper()
+	b.once.Do(func() {
+		b.dir, b.path, b.err = buildDaemon(flags...)
+	})
+	if b.err != nil {
+		t.Fatalf("building the daemon: %v", b.err)
+	}
+	return b.path
+}
+
+func (b *daemonBuild) cleanup() {
+	if b.dir != "" {
+		os.RemoveAll(b.dir)
+	}
+}
+
 // DaemonBinaryNoRace builds ./cmd/containerd-blobcache without -race once per test binary
 // and returns its path. CleanupBuilds (called by Main) removes it.
 func DaemonBinaryNoRace(t testing.TB) string {
 	t.Helper()
-	plainBuild.once.Do(func() {
-		plainBuild.dir, plainBuild.path, plainBuild.err = buildDaemon()
-	})
-	if plainBuild.err != nil {
-		t.Fatalf("building the daemon: %v", plainBuild.err)
-	}
-	return plainBuild.path
+	return plainBuild.binary(t)
 }
 
+// SourceVersion is the version the harness builds into the daemon, as `make build` does:
+// `git describe --tags --always --dirty` of the repository, "dev" outside git.
+func SourceVersion() string {
+	root, err := RepoRoot()
+	if err != nil {
+		return "dev"
+	}
+	out, err := exec.Command("git", "-C", root, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		return "dev"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// buildDaemon builds the daemon into a new temporary directory with the extra go build
+// flags and the version of SourceVersion.
 func buildDaemon(flags ...string) (dir, path string, err error) {
 	root, err := RepoRoot()
 	if err != nil {
@@ -45,7 +81,8 @@ func buildDaemon(flags ...string) (dir, path string, err error) {
 	path = filepath.Join(dir, "containerd-blobcache")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	args := append(append([]string{"build"}, flags...), "-o", path, DaemonPackage)
+	args := append([]string{"build"}, flags...)
+	args = append(args, "-ldflags", "-X "+VersionPackage+".Version="+SourceVersion(), "-o", path, DaemonPackage)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	start := time.Now()
@@ -54,12 +91,6 @@ func buildDaemon(flags ...string) (dir, path string, err error) {
 	}
 	fmt.Fprintf(os.Stderr, "built %s %v in %v\n", DaemonPackage, flags, time.Since(start).Round(time.Millisecond))
 	return dir, path, nil
-}
-
-func cleanupPlainBuild() {
-	if plainBuild.dir != "" {
-		os.RemoveAll(plainBuild.dir)
-	}
 }
 
 // StartProcess starts cmd as a child of the test, known by its recorded PID, with its output

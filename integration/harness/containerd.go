@@ -136,9 +136,13 @@ func newContainerd(t testing.TB, opts ContainerdOptions, prefix string) *Contain
 		t.Fatalf("containerd config version %d: the harness writes 2 or 3", opts.ConfigVersion)
 	}
 	for _, bin := range []string{opts.Binary, opts.CtrBinary} {
-		if !isExecutable(bin) {
-			Unavailable(t, "%s not found", bin)
+		if isExecutable(bin) {
+			continue
 		}
+		if bin == DebianContainerd || bin == DebianCtr {
+			Unavailable(t, "%s not found: %s", bin, debianHint("containerd"))
+		}
+		Unavailable(t, "%s not found (run `make tools` or set %s)", bin, ToolsDirEnv)
 	}
 	dir := ShortTempDir(t, prefix)
 	c := &Containerd{
@@ -370,9 +374,15 @@ func (c *Containerd) withCRI(ctx context.Context, f func(runtime.RuntimeServiceC
 // CRIPullE calls the CRI ImageService.PullImage RPC — what `crictl pull image` does — and
 // returns the image reference containerd reports.
 func (c *Containerd) CRIPullE(ctx context.Context, image string) (string, error) {
+	return c.CRIPullAuthE(ctx, image, nil)
+}
+
+// CRIPullAuthE is CRIPullE with credentials in the request, as the kubelet sends those of an
+// imagePullSecret (auth nil: none).
+func (c *Containerd) CRIPullAuthE(ctx context.Context, image string, auth *runtime.AuthConfig) (string, error) {
 	var ref string
 	err := c.withCRI(ctx, func(_ runtime.RuntimeServiceClient, is runtime.ImageServiceClient) error {
-		resp, err := is.PullImage(ctx, &runtime.PullImageRequest{Image: &runtime.ImageSpec{Image: image}})
+		resp, err := is.PullImage(ctx, &runtime.PullImageRequest{Image: &runtime.ImageSpec{Image: image}, Auth: auth})
 		if err != nil {
 			return err
 		}

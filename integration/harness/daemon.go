@@ -14,26 +14,27 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // DaemonPackage is the package of the containerd-blobcache binary.
 const DaemonPackage = "./cmd/containerd-blobcache"
 
 // ResultHeader is the mirror's response header saying how a request was served.
-const ResultHeader = "X-Blobcache-Result"
+const ResultHeader = traffic.ResultHeader
 
 // Values of ResultHeader.
 const (
-	ResultHit    = "hit"
-	ResultMiss   = "miss"
-	ResultBypass = "bypass"
-	ResultStale  = "stale"
+	ResultHit    = string(traffic.Hit)
+	ResultMiss   = string(traffic.Miss)
+	ResultBypass = string(traffic.Bypass)
+	ResultStale  = string(traffic.Stale)
 )
 
 // DaemonConfig is the daemon's TOML configuration. Zero fields get test defaults from
@@ -75,6 +76,12 @@ type DaemonConfig struct {
 	MetricsAddress string
 	// Extra is appended to the generated file verbatim (for options newer than this struct).
 	Extra string
+
+	// Env is added to the daemon's environment (HTTPS_PROXY=...).
+	Env []string
+	// EtcHosts, when set, is the /etc/hosts the daemon resolves names with (WriteEtcHosts),
+	// in a mount namespace of its own.
+	EtcHosts string
 }
 
 // TOML renders the configuration file.
@@ -178,59 +185,18 @@ type Daemon struct {
 	Client     *http.Client
 }
 
-var daemonBuild struct {
-	once sync.Once
-	dir  string
-	path string
-	err  error
-}
-
 // DaemonBinary builds ./cmd/containerd-blobcache with -race once per test binary and
 // returns its path; a build failure fails every test that needs it. Call CleanupBuilds from
 // TestMain to remove the build directory.
 func DaemonBinary(t testing.TB) string {
 	t.Helper()
-	daemonBuild.once.Do(func() {
-		root, err := RepoRoot()
-		if err != nil {
-			daemonBuild.err = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "blobcache-build-")
-		if err != nil {
-			daemonBuild.err = err
-			return
-		}
-		daemonBuild.dir = dir
-		out := filepath.Join(dir, "containerd-blobcache")
-		goTool := "go"
-		if p, err := exec.LookPath("go"); err == nil {
-			goTool = p
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, goTool, "build", "-race", "-o", out, DaemonPackage)
-		cmd.Dir = root
-		start := time.Now()
-		if b, err := cmd.CombinedOutput(); err != nil {
-			daemonBuild.err = fmt.Errorf("go build -race %s: %v\n%s", DaemonPackage, err, b)
-			return
-		}
-		daemonBuild.path = out
-		fmt.Fprintf(os.Stderr, "built %s in %v\n", DaemonPackage, time.Since(start).Round(time.Millisecond))
-	})
-	if daemonBuild.err != nil {
-		t.Fatalf("building the daemon: %v", daemonBuild.err)
-	}
-	return daemonBuild.path
+	return raceBuild.binary(t, "-race")
 }
 
 // CleanupBuilds removes what DaemonBinary and DaemonBinaryNoRace built.
 func CleanupBuilds() {
-	if daemonBuild.dir != "" {
-		os.RemoveAll(daemonBuild.dir)
-	}
-	cleanupPlainBuild()
+	raceBuild.cleanup()
+	plainBuild.cleanup()
 }
 
 // Main runs the tests and removes the daemon build afterwards; use it as TestMain's body.
@@ -317,6 +283,12 @@ func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Crede
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "serve", "--config", d.ConfigPath)
+	if cfg.EtcHosts != "" {
+		cmd = withEtcHosts(t, cfg.EtcHosts, bin, "serve", "--config", d.ConfigPath)
+	}
+	if len(cfg.Env) > 0 {
+		cmd.Env = append(os.Environ(), cfg.Env...)
+	}
 	cmd.Dir = dir
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}

@@ -5,5 +5,5 @@
 // with the registry HTTP API, so no test ever needs the internet.
 //
 // Every helper takes the *testing.T it belongs to, registers its own cleanup and fails the
-// test (never silently skips it in CI) when something it needs is missing.
+// test, never skips it, when something it needs is missing, naming what to install.
 package harness

@@ -7,8 +7,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -121,8 +123,9 @@ func BuildImage(t testing.TB, spec ImageSpec) *Image {
 	t.Helper()
 	im, err := buildImage(t.TempDir(), spec)
 	if err != nil {
-		if spec.usesBusybox() && os.IsNotExist(err) {
-			Unavailable(t, "busybox layer needs %s (Debian package busybox-static): %v", BusyboxPath, err)
+		// buildImage wraps the open error with %w: os.IsNotExist would not see through it.
+		if spec.usesBusybox() && errors.Is(err, fs.ErrNotExist) {
+			Unavailable(t, "the busybox layer needs %s: %v: %s", BusyboxPath, err, debianHint("busybox-static"))
 		}
 		t.Fatalf("build image: %v", err)
 	}

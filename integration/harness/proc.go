@@ -79,6 +79,9 @@ func startProcess(t testing.TB, name, logPath string, cmd *exec.Cmd) *Process {
 // PID is the process id recorded at start.
 func (p *Process) PID() int { return p.cmd.Process.Pid }
 
+// Signal sends sig to the process (SIGHUP to reload).
+func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
 // Done is closed once the process has exited and been reaped.
 func (p *Process) Done() <-chan struct{} { return p.done }
 

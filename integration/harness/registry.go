@@ -26,7 +26,7 @@ type Registry struct {
 // answers.
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
-	return startRegistry(t, "")
+	return startRegistryWith(t, registrySetup{})
 }
 
 // StartPullThroughRegistry starts distribution as a pull-through cache of remoteURL (its
@@ -34,14 +34,29 @@ func StartRegistry(t testing.TB) *Registry {
 // Benchmarks compare the daemon with it.
 func StartPullThroughRegistry(t testing.TB, remoteURL string) *Registry {
 	t.Helper()
-	return startRegistry(t, fmt.Sprintf("proxy:\n  remoteurl: %s\n", remoteURL))
+	return startRegistryWith(t, registrySetup{extraYAML: fmt.Sprintf("proxy:\n  remoteurl: %s\n", remoteURL)})
 }
 
-func startRegistry(t testing.TB, extraYAML string) *Registry {
+// registrySetup is what differs between the registries a test starts.
+type registrySetup struct {
+	// extraYAML is appended at the top level; httpYAML inside `http:` (indented).
+	extraYAML, httpYAML string
+	// scheme is "http" (default) or "https".
+	scheme string
+	// storage is the filesystem root to serve; "" a new one.
+	storage string
+	// client checks readiness (default: a plain client).
+	client *http.Client
+}
+
+func startRegistryWith(t testing.TB, setup registrySetup) *Registry {
 	t.Helper()
 	tools := Tools(t)
 	dir := t.TempDir()
-	storage := filepath.Join(dir, "storage")
+	storage := setup.storage
+	if storage == "" {
+		storage = filepath.Join(dir, "storage")
+	}
 	if err := os.MkdirAll(storage, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +82,7 @@ http:
   secret: blobcache-integration-test
   headers:
     X-Content-Type-Options: [nosniff]
-`, storage, host) + extraYAML
+`, storage, host) + setup.httpYAML + setup.extraYAML
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
@@ -76,9 +91,13 @@ http:
 	cmd.Dir = dir
 	// No OpenTelemetry exporter: the default would try an OTLP collector.
 	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
-	r := &Registry{Host: host, URL: "http://" + host, Dir: dir}
+	scheme := setup.scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	r := &Registry{Host: host, URL: scheme + "://" + host, Dir: dir}
 	r.Process = startProcess(t, "registry-"+host, logPathFor(dir, "registry"), cmd)
-	waitHTTP200(t, r.Process, r.URL+"/v2/", 30*time.Second)
+	waitHTTP200With(t, setup.client, r.Process, r.URL+"/v2/", 30*time.Second)
 	return r
 }
 
@@ -88,7 +107,15 @@ func (r *Registry) Stop() error { return r.Process.Stop() }
 // waitHTTP200 polls url until it answers 200, failing fast when the process exits.
 func waitHTTP200(t testing.TB, p *Process, url string, timeout time.Duration) {
 	t.Helper()
-	client := &http.Client{Timeout: 2 * time.Second}
+	waitHTTP200With(t, nil, p, url, timeout)
+}
+
+// waitHTTP200With is waitHTTP200 with a client of the caller's (TLS settings); nil: a plain one.
+func waitHTTP200With(t testing.TB, client *http.Client, p *Process, url string, timeout time.Duration) {
+	t.Helper()
+	if client == nil {
+		client = &http.Client{Timeout: 2 * time.Second}
+	}
 	WaitFor(t, p.Name+" readiness at "+url, timeout, 50*time.Millisecond, func() error {
 		if exited, err := p.Exited(); exited {
 			return fmt.Errorf("%w: %s exited (%v); log:\n%s", errStop, p.Name, err, TailFile(p.LogPath, 8<<10))

@@ -2,16 +2,12 @@ package harness
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -54,23 +50,7 @@ type TokenServer struct {
 // StartTokenServer starts a token server on loopback.
 func StartTokenServer(t testing.TB, users map[string]string, publicPrefix string, lifetime time.Duration) *TokenServer {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: TokenIssuer},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, _, key := newSelfSigned(t, TokenIssuer)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +85,14 @@ func (ts *TokenServer) Requests() (map[string]int, int) {
 		out[k] = v
 	}
 	return out, ts.refused
+}
+
+// SetPassword changes (or adds) a user's password: tokens are refused for the old one from
+// now on (credential rotation).
+func (ts *TokenServer) SetPassword(user, password string) {
+	ts.mu.Lock()
+	ts.users[user] = password
+	ts.mu.Unlock()
 }
 
 // Reset clears the counts.

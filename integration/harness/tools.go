@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,23 +28,46 @@ type ToolPaths struct {
 	Crictl string
 }
 
-// Unavailable stops a test that cannot run here. Under CI (CI set to anything) a missing
-// prerequisite is a failure, so the suite never passes by skipping; elsewhere it is a skip.
+// Unavailable fails a test whose prerequisite is missing here, whatever the environment:
+// the suite never passes by skipping. The message says what to install; `make test` (as
+// root) installs all of it.
 func Unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") != "" {
-		t.Fatalf("integration prerequisite missing under CI: %s", msg)
-	}
-	t.Skipf("skipping: %s", msg)
+	t.Fatalf("integration prerequisite missing: %s", fmt.Sprintf(format, args...))
 }
 
-// RequireRoot stops the test unless it runs as root (containerd, overlayfs and mounts need it).
+// RequireRoot fails the test unless it runs as root (containerd, overlayfs and mounts need it).
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		Unavailable(t, "integration tests need root (running as uid %d)", os.Geteuid())
+		Unavailable(t, "integration tests need root (running as uid %d): run `make test` or `make integration` as root", os.Geteuid())
 	}
+}
+
+// RequireDebianFile fails the test unless path exists, naming the Debian package that
+// provides it.
+func RequireDebianFile(t testing.TB, path, pkg string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		Unavailable(t, "%v: %s", err, debianHint(pkg))
+	}
+}
+
+// RequireCommand returns the path of the command name on PATH (where containerd and its
+// shim look too), or fails the test naming the Debian package that provides it.
+func RequireCommand(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		Unavailable(t, "%v: %s", err, debianHint(pkg))
+	}
+	return p
+}
+
+// debianHint says how to get a Debian package the tests use: .ci/install-deps lists them
+// all, and `make test`, `make integration` and `make bench` run it.
+func debianHint(pkg string) string {
+	return fmt.Sprintf("install the Debian package %s (`apt-get install %s`); `make test` and `make bench` install the packages they need when run as root", pkg, pkg)
 }
 
 // Tools locates the pinned binaries: $BLOBCACHE_TOOLS_DIR, or <repo>/.tools/bin.

@@ -41,6 +41,7 @@ type Config struct {
 	Metrics  MetricsConfig  `toml:"metrics"`
 	Debug    DebugConfig    `toml:"debug"`
 	Admin    AdminConfig    `toml:"admin"`
+	Peer     PeerConfig     `toml:"peer"`
 }
 
 // DebugConfig configures the optional debug listener (Go's pprof handlers).
@@ -101,11 +102,30 @@ type UpstreamConfig struct {
 	HostsDir string `toml:"hosts_dir"`
 	// CredentialsFile holds the daemon's own registry credentials (TOML, see README).
 	CredentialsFile string `toml:"credentials_file"`
-	// DockerConfig is a Docker config.json whose "auths" are read as credentials too.
+	// DockerConfig is a Docker config.json whose "auths", "credHelpers" and "credsStore" are
+	// read as credentials too.
 	DockerConfig string `toml:"docker_config"`
+	// CredentialHelperTimeout bounds one run of a docker-credential-* helper.
+	CredentialHelperTimeout Duration `toml:"credential_helper_timeout"`
+	// CredentialHelperTTL is how long a helper's answer is used before it is asked again.
+	CredentialHelperTTL Duration `toml:"credential_helper_ttl"`
+	// CredentialsReloadInterval is how often the two credential files are checked for a
+	// change (0 disables; SIGHUP always reloads).
+	CredentialsReloadInterval Duration `toml:"credentials_reload_interval"`
 	// PrivateAccessTTL is how long a client's upstream-checked right to read a private
 	// object is remembered.
 	PrivateAccessTTL Duration `toml:"private_access_ttl"`
+	// Proxy is the forward proxy: "" the environment's (HTTPS_PROXY, HTTP_PROXY, NO_PROXY),
+	// "direct" none, or a proxy URL for every registry.
+	Proxy string `toml:"proxy"`
+	// RegistryProxies overrides Proxy per registry (glob pattern = proxy URL or "direct").
+	RegistryProxies map[string]string `toml:"registry_proxies"`
+	// LowSpeedLimit (bytes per second) over LowSpeedTime: a slower download is abandoned.
+	LowSpeedLimit Size     `toml:"low_speed_limit"`
+	LowSpeedTime  Duration `toml:"low_speed_time"`
+	// CircuitBreakerCooldown is how long a registry host that did not answer gets fast
+	// failures instead of requests; 0 turns the breaker off.
+	CircuitBreakerCooldown Duration `toml:"circuit_breaker_cooldown"`
 }
 
 // DefaultHostsDir is the daemon's own hosts.toml directory. It is deliberately not
@@ -151,9 +171,24 @@ func Default() Config {
 			StallTimeout:     Duration(5 * time.Second),
 			HostsDir:         DefaultHostsDir,
 			PrivateAccessTTL: Duration(time.Minute),
+			Proxy:            "",
+			RegistryProxies:  map[string]string{},
+			// Far below any link a registry is used over, far above a registry that is
+			// broken: 10 s of a 1 KiB/s upstream is abandoned, containerd then goes to the
+			// registry itself.
+			LowSpeedLimit: Size(10 << 10),
+			LowSpeedTime:  Duration(10 * time.Second),
+			// Long enough that a pull (a few dozen requests over seconds) pays one timeout,
+			// short enough that a registry back up is used again soon.
+			CircuitBreakerCooldown: Duration(30 * time.Second),
+			// The helper protocol says nothing of expiry: a few minutes keeps rotated
+			// credentials (ECR: 12 h) fresh at one helper run per registry per TTL.
+			CredentialHelperTimeout:   Duration(10 * time.Second),
+			CredentialHelperTTL:       Duration(5 * time.Minute),
+			CredentialsReloadInterval: Duration(10 * time.Second),
 		},
 		Store: StoreConfig{
-			TagFreshness: Duration(time.Minute),
+			TagFreshness: 0,
 			// containerd refuses manifests larger than 4 MiB; anything bigger is not worth keeping.
 			MaxManifestSize: 4 << 20,
 
@@ -180,6 +215,7 @@ func Default() Config {
 		Diff:    DiffConfig{Enabled: false, ContainerdAddress: DefaultContainerdAddress},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
 		Admin:   AdminConfig{Address: DefaultAdminAddress},
+		Peer:    defaultPeer(),
 	}
 }
 
@@ -260,12 +296,16 @@ func (c Config) Validate() error {
 		{"upstream.response_header_timeout", c.Upstream.ResponseHeaderTimeout},
 		{"upstream.stall_timeout", c.Upstream.StallTimeout},
 		{"upstream.private_access_ttl", c.Upstream.PrivateAccessTTL},
-		{"store.tag_freshness", c.Store.TagFreshness},
+		{"upstream.credential_helper_timeout", c.Upstream.CredentialHelperTimeout},
+		{"upstream.credential_helper_ttl", c.Upstream.CredentialHelperTTL},
 		{"content.shutdown_timeout", c.Content.ShutdownTimeout},
 	} {
 		if d.v <= 0 {
 			return bad(d.key, "must be a positive duration such as \"5s\"")
 		}
+	}
+	if c.Upstream.CredentialsReloadInterval < 0 {
+		return bad("upstream.credentials_reload_interval", "must not be negative (0 disables the check)")
 	}
 	for _, list := range []struct {
 		key  string
@@ -298,6 +338,12 @@ func (c Config) Validate() error {
 		// they would send it to itself.
 		return bad("upstream.hosts_dir", "%q is containerd's directory; the daemon needs its own", c.Upstream.HostsDir)
 	}
+	if err := c.Upstream.validateSlowUpstreams(bad); err != nil {
+		return err
+	}
+	if err := c.Upstream.validateProxies(bad); err != nil {
+		return err
+	}
 	if c.Store.MaxManifestSize <= 0 || c.Store.MaxManifestSize > 64<<20 {
 		return bad("store.max_manifest_size", "%d is not between 1 and 67108864 bytes", c.Store.MaxManifestSize)
 	}
@@ -322,6 +368,9 @@ func (c Config) Validate() error {
 	}
 	if g := c.Content.SocketGroup; g != "" && (strings.ContainsAny(g, " \t\n:/") || strings.HasPrefix(g, "-")) {
 		return bad("content.socket_group", "%q is not a group name or numeric gid", g)
+	}
+	if err := c.validatePeer(bad); err != nil {
+		return err
 	}
 	return c.validateCache(bad)
 }

@@ -60,6 +60,23 @@ log_level = "info"
   # headers is cut (containerd resumes with a Range request), one that has not gets a 502.
   stall_timeout = "5s"
 
+  # A download that receives fewer than low_speed_limit bytes per second (bytes, or a string
+  # with a unit: "10KiB") over low_speed_time is abandoned as a stalled one is (curl's
+  # --speed-limit/--speed-time). Only the time spent waiting for the registry counts, not
+  # the time a slow client takes. "0" turns the limit off (stall_timeout still applies).
+  low_speed_limit = "10KiB"
+  # The window over which the speed is judged.
+  low_speed_time = "10s"
+
+  # After a registry host fails to answer (no connection, no response headers within
+  # response_header_timeout, a download stalled or under the low-speed limit), requests to it
+  # get an immediate 502 for this long (containerd then goes to the registry itself), so a
+  # hung registry costs one timeout per pull instead of one per request. Then one request
+  # is let through as a probe: answered, the host is used again; not, another cool-down.
+  # Logged ("upstream circuit open"/"closed") and in containerd_blobcache_upstream_circuit_open.
+  # "0s" turns the breaker off.
+  circuit_breaker_cooldown = "30s"
+
   # The daemon's own per-registry host configuration, in containerd's hosts.toml format and
   # layout (<dir>/<registry>/hosts.toml, certificate files next to it): CA and client
   # certificates, skip_verify, plain http, upstream mirrors in order, override_path, headers.
@@ -72,18 +89,55 @@ log_level = "info"
   # itself. Empty: none; clients' own credentials pass through.
   credentials_file = ""
 
-  # A Docker config.json whose "auths" are read as credentials too (credentials_file wins).
+  # A Docker config.json read for credentials too: its "auths", and its credential helpers
+  # ("credHelpers" per registry, else "credsStore"), which run docker-credential-<name> get
+  # from the daemon's PATH. A registry's credentials_file entry wins over both; a helper's
+  # answer wins over "auths".
   docker_config = ""
+
+  # Time one credential helper run may take; past it the helper is killed and the registry is
+  # reached without its credential (the failure is remembered for 15 s).
+  credential_helper_timeout = "10s"
+
+  # How long a helper's answer is used. The helper protocol carries no expiry; the answer is
+  # also dropped, and the helper asked again once, when the registry refuses it (a 401).
+  credential_helper_ttl = "5m"
+
+  # How often credentials_file and docker_config are checked for a change (time, size, inode;
+  # a Kubernetes Secret's symlink swap counts). A changed file is reloaded; one that does not
+  # parse keeps the credentials in use and is logged. SIGHUP reloads at once. "0s": no checks.
+  credentials_reload_interval = "10s"
 
   # A cached object obtained only with credentials is served to a client only after the
   # client's own credentials were accepted upstream for that repository and object (a
   # HEAD); the answer is remembered this long.
   private_access_ttl = "1m"
 
+  # Forward proxy to the registries. "" (the default): the daemon's environment as read at
+  # start, with Go's rules: HTTPS_PROXY for https registries, HTTP_PROXY for plain http ones,
+  # NO_PROXY (comma-separated hosts, domains, CIDRs) reached directly, loopback always
+  # direct. "direct": never a proxy, whatever the environment says. A URL
+  # ("http://user:password@proxy.example.com:3128"; http, https, socks5, socks5h): every
+  # registry through it. The dial guard still judges the registry, not the proxy: the
+  # registry's name is resolved on this node and refused when it is a loopback, private or
+  # link-local address (unless listed in allow_private_networks), before the request goes to
+  # the proxy; the proxy itself may be on a private network.
+  proxy = ""
+
+  # Proxy per registry, winning over proxy and the environment (NO_PROXY included): glob
+  # pattern of the registry (as ?ns= names it) or of the host dialled = proxy URL or
+  # "direct"; the longest matching pattern wins. Example:
+  # { "ghcr.io" = "http://proxy.example.com:3128", "*.corp.example.com" = "direct" }
+  registry_proxies = {}
+
 [store]
-  # A tag is answered from the index for this long after it was fetched; after that it is
-  # revalidated upstream (a HEAD). Content addressed by digest never expires by time.
-  tag_freshness = "1m"
+  # How long a tag is answered from the index without asking the registry. "0s" (the
+  # default): every tag request is revalidated upstream with a HEAD (no manifest bytes move
+  # when the digest is unchanged; concurrent requests for one tag share one HEAD), so a
+  # re-pushed tag is seen at the next request. Longer saves those HEADs (registries with
+  # rate limits) at the cost of a re-push being seen up to this late. Content addressed by
+  # digest never expires by time.
+  tag_freshness = "0s"
 
   # Largest manifest accepted from a registry, in bytes (containerd refuses more than 4 MiB).
   max_manifest_size = 4194304
@@ -105,7 +159,8 @@ log_level = "info"
   access_flush_interval = "10s"
 
   # Freshness window per registry (glob pattern = duration), overriding tag_freshness; the
-  # longest matching pattern wins. Example: { "docker.io" = "10m", "*.internal" = "10s" }
+  # longest matching pattern wins. Example: { "registry.example.com" = "1m" } for a registry
+  # that limits or bills every request (HEADs included), "0s" to always revalidate one.
   registry_tag_freshness = {}
 
   # Tags that are revalidated upstream at every request, whatever their freshness. A
@@ -114,11 +169,13 @@ log_level = "info"
   always_revalidate = []
 
   # When a registry cannot be reached (or answers 429/5xx), the last known digest of a tag
-  # is served (marked stale) for at most this long after it was last fetched or revalidated.
+  # is served (marked stale) for at most this long after it was last fetched or revalidated;
+  # so is the last tags/list or referrers answer.
   max_staleness = "24h"
 
   # An upstream 404 for a manifest is remembered this long and answered from memory
-  # (per registry, repository, reference and credentials). "0s" turns it off.
+  # (per registry, repository, reference and credentials); for a tag only where its
+  # freshness window is above 0. "0s" turns it off.
   negative_ttl = "15s"
 
 [content]
@@ -187,4 +244,56 @@ log_level = "info"
   # Unix socket (mode 0600, root only) of the admin API used by the stats, ls, gc, verify,
   # rm and prefetch commands while the daemon runs. Its directory is created when missing.
   address = "/run/containerd-blobcache/admin.sock"
+
+[peer]
+  # The cluster tier (docs/CLUSTER.md): nodes fetch blobs from each other. A blob's owner is
+  # chosen by rendezvous hashing of its digest over the live peers; on a miss this node asks
+  # the owner, which fetches from the registry once and streams to every node that asks.
+  # A peer that is slow or gone is skipped at once: the registry is always the fallback.
+  enabled = false
+
+  # host:port of the peer listener, on the node's address (not loopback when the peers are
+  # other hosts). Required when enabled.
+  listen = ""
+
+  # This node's address as the peer lists name it (static_peers, or dns_name's records with
+  # dns_port), so that it finds itself there. Empty: listen.
+  advertise = ""
+
+  # Peers as host:port (this node may be among them).
+  static_peers = []
+
+  # A DNS name resolved every dns_interval (a Kubernetes headless Service); each A/AAAA
+  # record with dns_port is a peer. Used together with static_peers when both are set.
+  dns_name = ""
+  # Port of the peers found through dns_name.
+  dns_port = 5057
+  # How often dns_name is resolved again.
+  dns_interval = "10s"
+  # "host:port" of the one DNS server to ask for dns_name. Empty: the system resolver.
+  dns_server = ""
+
+  # File holding the shared key (at least 32 bytes) with which peers sign their requests and
+  # answers. Set it, or the three TLS files, or both: the listener answers only peers that
+  # prove themselves.
+  key_file = ""
+
+  # Mutual TLS: this node's certificate and key (with the node's address as IP SAN), and
+  # the CA that signed every peer's certificate. All three or none.
+  tls_cert_file = ""
+  # The private key of tls_cert_file.
+  tls_key_file = ""
+  # The CA every peer's certificate (client and server) must chain to.
+  tls_ca_file = ""
+
+  # Time a peer has to accept a connection; past it the registry is asked instead and the
+  # peer is marked down.
+  connect_timeout = "250ms"
+
+  # A peer that sends no byte for this long is abandoned (before its first byte: the
+  # registry is asked; after: the rest comes from the registry with a Range request).
+  stall_timeout = "2s"
+
+  # How long a peer that failed is left out of the placement.
+  down_for = "30s"
 `

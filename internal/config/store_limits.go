@@ -118,6 +118,9 @@ func (c Config) validateCache(bad func(key, format string, args ...any) error) e
 			return bad(d.key, "must be a positive duration such as \"5s\"")
 		}
 	}
+	if st.TagFreshness < 0 {
+		return bad("store.tag_freshness", "must not be negative (0 revalidates every tag request)")
+	}
 	if st.NegativeTTL < 0 {
 		return bad("store.negative_ttl", "must not be negative (0 turns negative caching off)")
 	}
@@ -125,8 +128,8 @@ func (c Config) validateCache(bad func(key, format string, args ...any) error) e
 		if _, err := path.Match(p, ""); err != nil || p == "" {
 			return bad("store.registry_tag_freshness", "pattern %q is not a registry glob", p)
 		}
-		if d <= 0 {
-			return bad("store.registry_tag_freshness", "%q: must be a positive duration", p)
+		if d < 0 {
+			return bad("store.registry_tag_freshness", "%q: must not be negative", p)
 		}
 	}
 	for _, p := range st.AlwaysRevalidate {

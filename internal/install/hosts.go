@@ -33,17 +33,33 @@ func withoutMarked(lines []string) []string {
 	return out
 }
 
-// installHosts returns the hosts.toml text with the mirror tried first. existing is the
-// current text ("" when the file does not exist). A mirror block the operator wrote
-// themselves (without the marker) is left alone.
-func installHosts(existing, mirrorURL string) (string, error) {
+// installHosts returns the hosts.toml text with the mirror tried first, then the carried
+// hosts (registry.mirrors endpoints) the file does not name yet. existing is the current
+// text ("" when the file does not exist). A file install already wrote the mirror into is
+// left as it is, and so is a mirror block the operator wrote themselves (without the marker).
+func installHosts(existing, mirrorURL string, carried []string) (string, error) {
+	if strings.Contains(existing, mirrorBlock(mirrorURL)[0]) {
+		return existing, nil
+	}
 	base := withoutMarked(splitLines(existing))
-	if doc, err := decode(joinLines(base)); err != nil {
+	doc, err := decode(joinLines(base))
+	if err != nil {
 		return "", fmt.Errorf("parse: %w", err)
 	} else if _, ok := lookup(doc, "host", mirrorURL); ok {
 		return joinLines(base), nil
 	}
 	block := mirrorBlock(mirrorURL)
+	headed := false
+	for _, u := range carried {
+		if _, ok := lookup(doc, "host", u); ok {
+			continue
+		}
+		if !headed {
+			block = append(block, carriedLine)
+			headed = true
+		}
+		block = append(block, carriedBlock(u)...)
+	}
 	var out []string
 	if strings.TrimSpace(joinLines(base)) == "" {
 		out = append([]string{newFileLine}, block...)
@@ -65,7 +81,7 @@ func installHosts(existing, mirrorURL string) (string, error) {
 		out = append(out, base[at:]...)
 	}
 	text := joinLines(out)
-	doc, err := decode(text)
+	doc, err = decode(text)
 	if err != nil {
 		return "", fmt.Errorf("the edited file does not parse (%v); add the mirror by hand", err)
 	}

@@ -164,19 +164,27 @@ func Install(opts Options) (*Plan, error) {
 		}
 	}
 	p := &Plan{HostsDir: resolveHostsDir(opts, cfgText)}
+	// --fix comments registry.mirrors out: their endpoints go into hosts.toml after the cache.
+	var carried map[string][]string
+	if opts.Fix && cfgExists {
+		carried = mirrorEndpoints(cfgText, opts.MirrorURL)
+	}
 	for _, r := range opts.Registries {
 		path := filepath.Join(p.HostsDir, r, "hosts.toml")
 		before, existed, err := readOptional(path)
 		if err != nil {
 			return nil, err
 		}
-		after, err := installHosts(before, opts.MirrorURL)
+		after, err := installHosts(before, opts.MirrorURL, carried[r])
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 		if after != before {
 			p.Changes = append(p.Changes, FileChange{Path: path, Before: before, After: after, Existed: existed, Backup: backupFor(path, existed)})
 		}
+	}
+	if err := p.planRegistryHosts(opts, carried); err != nil {
+		return nil, err
 	}
 	if opts.Mode == ModeProxy {
 		if err := p.planDaemonConfig(opts.DaemonConfig, opts.Fix); err != nil {
@@ -185,6 +193,11 @@ func Install(opts Options) (*Plan, error) {
 	}
 	if opts.ContainerdConfig == "" {
 		return p, nil
+	}
+	if opts.Mode == ModeProxy && cfgExists {
+		if note := contentStoreNote(cfgText); note != "" {
+			p.Notes = append(p.Notes, note)
+		}
 	}
 	if !cfgExists {
 		p.Notes = append(p.Notes, fmt.Sprintf("%s does not exist: containerd runs on its defaults, which set no config_path. Write it with `containerd config default > %s`, then run install again", opts.ContainerdConfig, opts.ContainerdConfig))
@@ -266,7 +279,9 @@ func Uninstall(opts Options) (*Plan, error) {
 		}
 	}
 	p := &Plan{HostsDir: resolveHostsDir(opts, revertConfig(cfgText))}
-	for _, r := range opts.Registries {
+	// Every hosts.toml install wrote into, including those of other registries it gave the
+	// cache to or carried registry.mirrors into.
+	for _, r := range installedRegistries(p.HostsDir, opts.Registries) {
 		path := filepath.Join(p.HostsDir, r, "hosts.toml")
 		current, existed, err := readOptional(path)
 		if err != nil {

@@ -39,9 +39,10 @@ func (m *Metrics) DiffCall(op string, failed bool, d time.Duration, bytes int64)
 	if m == nil {
 		return
 	}
+	// Labels of their own: the request results (hit, miss, ...) say nothing about a diff.
 	result := "ok"
 	if failed {
-		result = ResultError
+		result = "error"
 	}
 	m.diff.operations.WithLabelValues(op, result).Inc()
 	m.diff.duration.WithLabelValues(op, result).Observe(d.Seconds())

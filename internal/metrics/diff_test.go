@@ -18,9 +18,9 @@ func TestDiffCallCountsByOperationAndResult(t *testing.T) {
 		want       float64
 	}{
 		{"apply", "ok", 2},
-		{"apply", ResultError, 1},
+		{"apply", "error", 1},
 		{"compare", "ok", 1},
-		{"compare", ResultError, 0},
+		{"compare", "error", 0},
 	} {
 		if got := testutil.ToFloat64(m.diff.operations.WithLabelValues(c.op, c.result)); got != c.want {
 			t.Errorf("diff_operations_total{%s,%s} = %v, want %v", c.op, c.result, got, c.want)

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -10,36 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // Namespace prefixes every metric name.
 const Namespace = "containerd_blobcache"
-
-// Surfaces: how the request reached the daemon, the mirror (HTTP) or the content API (gRPC,
-// proxy mode).
-const (
-	SurfaceMirror  = "mirror"
-	SurfaceContent = "content"
-)
-
-// Results of a request: for the mirror, the X-Blobcache-Result values, "error" for a request
-// that got an error answer and "none" for requests that are not about content such as GET
-// /v2/; for the content API, "hit" and "miss" for Info and Read of a blob the store has or
-// has not, "error" for a failed call and "none" for the other calls.
-const (
-	ResultHit    = "hit"
-	ResultMiss   = "miss"
-	ResultBypass = "bypass"
-	ResultStale  = "stale"
-	ResultError  = "error"
-	ResultNone   = "none"
-)
-
-// Sources of the bytes served.
-const (
-	SourceStore    = "store"
-	SourceUpstream = "upstream"
-)
 
 // Observer is how components that are not HTTP handlers report what they do. A nil
 // *Metrics is a valid Observer that records nothing.
@@ -51,6 +27,8 @@ type Observer interface {
 	// UpstreamResponded records an upstream request: kind "manifests" or "blobs", the status
 	// code (0 when no response came) and the time to the response headers.
 	UpstreamResponded(kind, method string, status int, d time.Duration)
+	// UpstreamCircuit records that an upstream host's circuit opened or closed.
+	UpstreamCircuit(host string, open bool)
 }
 
 // StoreStats is what the store collector reads at each scrape (*blobcache.Store).
@@ -64,10 +42,13 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	requests        *prometheus.CounterVec
+	peerFetches     *prometheus.CounterVec // nil unless the cluster tier is on (WatchPeers)
 	requestDuration *prometheus.HistogramVec
 	bytesServed     *prometheus.CounterVec
 	upstream        *prometheus.HistogramVec
 	tokenFetches    *prometheus.CounterVec
+	circuitOpen     *prometheus.GaugeVec
+	circuitOpened   *prometheus.CounterVec
 	evictions       prometheus.Counter
 	evictedBytes    prometheus.Counter
 	diff            *diffMetrics
@@ -81,7 +62,7 @@ func New(version string, store StoreStats) *Metrics {
 		Registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "requests_total",
-			Help: "Requests answered, by surface (mirror, content), kind (mirror: manifest, blob, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, bypass, stale, error, none).",
+			Help: "Requests answered, by surface (mirror, content, peer: blobs served to other nodes), kind (mirror and peer: manifest, blob, tags, referrers, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, peer: a miss filled by another node, bypass, stale, negative, error, none).",
 		}, []string{"surface", "kind", "method", "result"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "request_duration_seconds",
@@ -90,7 +71,7 @@ func New(version string, store StoreStats) *Metrics {
 		}, []string{"surface", "kind", "result"}),
 		bytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "served_bytes_total",
-			Help: "Response body bytes sent to clients, by surface and source (store: hits and stale tags; upstream: misses and bypasses).",
+			Help: "Response body bytes sent to clients, by surface (mirror, content, peer: served to other nodes) and source (store: this node's disk, hits and stale tags; peer: misses filled by another node of the cluster tier; upstream: the registry, misses and bypasses).",
 		}, []string{"surface", "source"}),
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "upstream_request_duration_seconds",
@@ -101,6 +82,14 @@ func New(version string, store StoreStats) *Metrics {
 			Namespace: Namespace, Name: "token_fetches_total",
 			Help: "Tokens fetched from registries' auth realms by the daemon, by registry.",
 		}, []string{"registry"}),
+		circuitOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "upstream_circuit_open",
+			Help: "1 while an upstream host's circuit is open (requests to it fail fast after it did not answer), by host; 0 once it answers again.",
+		}, []string{"host"}),
+		circuitOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "upstream_circuit_opened_total",
+			Help: "Times an upstream host's circuit opened, by host.",
+		}, []string{"host"}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "evicted_blobs_total",
 			Help: "Blobs removed from the store by eviction.",
@@ -112,11 +101,11 @@ func New(version string, store StoreStats) *Metrics {
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
-		Help: "Always 1; the version label is the daemon's version.",
-	}, []string{"version"})
-	buildInfo.WithLabelValues(version).Set(1)
+		Help: "Always 1; the labels are the daemon's version and the Go version it was built with.",
+	}, []string{"version", "goversion"})
+	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(m.requests, m.requestDuration, m.bytesServed, m.upstream, m.tokenFetches,
-		m.evictions, m.evictedBytes, buildInfo,
+		m.circuitOpen, m.circuitOpened, m.evictions, m.evictedBytes, buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.diff = newDiffMetrics(reg)
@@ -143,16 +132,16 @@ func (m *Metrics) Evicted(n int, bytes int64) {
 	m.evictedBytes.Add(float64(bytes))
 }
 
-// ContentRequest counts one call of the content API: rpc is the call (info, read, write...),
-// result one of the Result constants, sent the blob bytes it returned (Read).
-func (m *Metrics) ContentRequest(rpc, result string, d time.Duration, sent int64) {
+// ObserveRequest counts one answered request of either surface (traffic.Observer): the
+// same observation feeds the admin API's stats, so that the two agree.
+func (m *Metrics) ObserveRequest(r traffic.Request) {
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(SurfaceContent, rpc, "grpc", result).Inc()
-	m.requestDuration.WithLabelValues(SurfaceContent, rpc, result).Observe(d.Seconds())
-	if sent > 0 {
-		m.bytesServed.WithLabelValues(SurfaceContent, SourceStore).Add(float64(sent))
+	m.requests.WithLabelValues(string(r.Surface), r.Kind, r.Method, string(r.Result)).Inc()
+	m.requestDuration.WithLabelValues(string(r.Surface), r.Kind, string(r.Result)).Observe(r.Duration.Seconds())
+	if src := traffic.SourceOf(r.Result); src != "" && r.Bytes > 0 {
+		m.bytesServed.WithLabelValues(string(r.Surface), src).Add(float64(r.Bytes))
 	}
 }
 
@@ -166,6 +155,19 @@ func (m *Metrics) UpstreamResponded(kind, method string, status int, d time.Dura
 		code = strconv.Itoa(status)
 	}
 	m.upstream.WithLabelValues(kind, method, code).Observe(d.Seconds())
+}
+
+// UpstreamCircuit implements Observer.
+func (m *Metrics) UpstreamCircuit(host string, open bool) {
+	if m == nil {
+		return
+	}
+	if open {
+		m.circuitOpen.WithLabelValues(host).Set(1)
+		m.circuitOpened.WithLabelValues(host).Inc()
+		return
+	}
+	m.circuitOpen.WithLabelValues(host).Set(0)
 }
 
 // storeCollector reads the store when scraped, so that the numbers are exact at that moment

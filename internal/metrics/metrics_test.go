@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 type fakeStore struct{}
@@ -39,44 +41,25 @@ func assertRequests(t *testing.T, m *Metrics, counts []requestCount) {
 	}
 }
 
-func TestMirrorMiddlewareCountsByResultHeader(t *testing.T) {
+func TestObserveRequestCountsBySurfaceAndResult(t *testing.T) {
 	m := New("test", fakeStore{})
-	h := m.Mirror(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/hit"):
-			w.Header().Set(ResultHeader, ResultHit)
-			io.WriteString(w, "0123456789")
-		case strings.HasSuffix(r.URL.Path, "/miss"):
-			w.Header().Set(ResultHeader, ResultMiss)
-			io.WriteString(w, "abc")
-		case strings.HasSuffix(r.URL.Path, "/abort"):
-			w.Header().Set(ResultHeader, ResultMiss)
-			io.WriteString(w, "ab")
-			panic(http.ErrAbortHandler)
-		case r.URL.Path == "/v2/":
-			io.WriteString(w, "{}")
-		default:
-			http.Error(w, "nope", http.StatusBadGateway)
-		}
-	}))
-	do := func(method, path string) {
-		rec := httptest.NewRecorder()
-		func() {
-			defer func() { _ = recover() }()
-			h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
-		}()
+	mirror := func(kind, method string, result traffic.Result, bytes int64) {
+		m.ObserveRequest(traffic.Request{Surface: traffic.SurfaceMirror, Registry: "r.example", Kind: kind, Method: method, Result: result, Bytes: bytes, Duration: time.Millisecond})
 	}
-	do("GET", "/v2/a/blobs/hit")
-	do("GET", "/v2/a/blobs/hit")
-	do("GET", "/v2/a/manifests/miss")
-	do("HEAD", "/v2/a/manifests/fail")
-	do("GET", "/v2/a/blobs/abort")
-	do("GET", "/v2/")
+	mirror("blob", "GET", traffic.Hit, 10)
+	mirror("blob", "GET", traffic.Hit, 10)
+	mirror("manifest", "GET", traffic.Miss, 3)
+	mirror("manifest", "HEAD", traffic.Error, 0)
+	mirror("manifest", "GET", traffic.Negative, 19) // a 404 body: neither store nor upstream bytes
+	mirror("blob", "GET", traffic.Bypass, 2)
+	mirror("ping", "GET", traffic.None, 2)
 	assertRequests(t, m, []requestCount{
 		{[]string{"mirror", "blob", "GET", "hit"}, 2},
 		{[]string{"mirror", "manifest", "GET", "miss"}, 1},
 		{[]string{"mirror", "manifest", "HEAD", "error"}, 1},
-		{[]string{"mirror", "blob", "GET", "miss"}, 1},
+		{[]string{"mirror", "manifest", "GET", "negative"}, 1},
+		{[]string{"mirror", "manifest", "GET", "error"}, 0},
+		{[]string{"mirror", "blob", "GET", "bypass"}, 1},
 		{[]string{"mirror", "ping", "GET", "none"}, 1},
 	})
 	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("mirror", "store")); got != 20 {
@@ -85,6 +68,25 @@ func TestMirrorMiddlewareCountsByResultHeader(t *testing.T) {
 	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("mirror", "upstream")); got != 5 {
 		t.Errorf("upstream bytes = %v, want 5", got)
 	}
+
+	content := func(rpc string, result traffic.Result, sent int64) {
+		m.ObserveRequest(traffic.Request{Surface: traffic.SurfaceContent, Kind: rpc, Method: "grpc", Result: result, Bytes: sent, Duration: time.Millisecond})
+	}
+	content("read", traffic.Hit, 100)
+	content("read", traffic.Hit, 50)
+	content("info", traffic.Miss, 0)
+	content("write", traffic.None, 0)
+	assertRequests(t, m, []requestCount{
+		{[]string{"content", "read", "grpc", "hit"}, 2},
+		{[]string{"content", "info", "grpc", "miss"}, 1},
+		{[]string{"content", "write", "grpc", "none"}, 1},
+	})
+	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("content", "store")); got != 150 {
+		t.Errorf("content store bytes = %v, want 150", got)
+	}
+	var nilMetrics *Metrics
+	nilMetrics.ObserveRequest(traffic.Request{Surface: traffic.SurfaceContent, Result: traffic.Hit}) // must not panic
+	var _ traffic.Observer = nilMetrics
 }
 
 func TestHandlerServesMetricsAndHealth(t *testing.T) {
@@ -92,6 +94,9 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	m.TokenFetched("r.example")
 	m.Evicted(2, 300)
 	m.UpstreamResponded("blobs", "GET", 200, 30*time.Millisecond)
+	m.UpstreamCircuit("hung.example:443", true)
+	m.UpstreamCircuit("back.example:443", true)
+	m.UpstreamCircuit("back.example:443", false)
 	var health Health
 	srv := httptest.NewServer(Handler(m, &health))
 	defer srv.Close()
@@ -119,7 +124,7 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 		t.Fatalf("metrics %d", code)
 	}
 	for _, want := range []string{
-		`containerd_blobcache_build_info{version="v9"} 1`,
+		`containerd_blobcache_build_info{goversion="` + runtime.Version() + `",version="v9"} 1`,
 		`containerd_blobcache_fills_in_flight 2`,
 		`containerd_blobcache_fill_coalesced_waiters 3`,
 		`containerd_blobcache_store_blobs 7`,
@@ -130,6 +135,9 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 		`containerd_blobcache_evicted_blobs_total 2`,
 		`containerd_blobcache_evicted_bytes_total 300`,
 		`containerd_blobcache_upstream_request_duration_seconds_count{code="200",kind="blobs",method="GET"} 1`,
+		`containerd_blobcache_upstream_circuit_open{host="hung.example:443"} 1`,
+		`containerd_blobcache_upstream_circuit_open{host="back.example:443"} 0`,
+		`containerd_blobcache_upstream_circuit_opened_total{host="back.example:443"} 1`,
 		`process_open_fds`,
 	} {
 		if !strings.Contains(body, want) {
@@ -139,23 +147,4 @@ func TestHandlerServesMetricsAndHealth(t *testing.T) {
 	var nilMetrics *Metrics
 	nilMetrics.TokenFetched("x") // a nil Observer records nothing and does not panic
 	var _ Observer = nilMetrics
-}
-
-func TestContentRequestCountsBySurfaceContent(t *testing.T) {
-	m := New("test", nil)
-	m.ContentRequest("read", ResultHit, time.Millisecond, 100)
-	m.ContentRequest("read", ResultHit, time.Millisecond, 50)
-	m.ContentRequest("info", ResultMiss, time.Millisecond, 0)
-	m.ContentRequest("write", ResultNone, time.Millisecond, 0)
-	assertRequests(t, m, []requestCount{
-		{[]string{"content", "read", "grpc", "hit"}, 2},
-		{[]string{"content", "info", "grpc", "miss"}, 1},
-		{[]string{"content", "write", "grpc", "none"}, 1},
-		{[]string{"mirror", "blob", "GET", "hit"}, 0},
-	})
-	if got := testutil.ToFloat64(m.bytesServed.WithLabelValues("content", "store")); got != 150 {
-		t.Errorf("content store bytes = %v, want 150", got)
-	}
-	var nilMetrics *Metrics
-	nilMetrics.ContentRequest("read", ResultHit, time.Millisecond, 1) // must not panic
 }

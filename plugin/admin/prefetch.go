@@ -12,17 +12,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin/adminapi"
 )
 
 const (
-	mediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
-	mediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
 	// prefetchParallel is how many blobs of one image are fetched at once, like
 	// containerd's default max_concurrent_downloads.
 	prefetchParallel = 3
@@ -33,12 +35,12 @@ const (
 )
 
 var manifestAccept = strings.Join([]string{
-	ocispec.MediaTypeImageIndex, mediaTypeDockerList, ocispec.MediaTypeImageManifest, mediaTypeDockerManifest,
+	ocispec.MediaTypeImageIndex, images.MediaTypeDockerSchema2ManifestList, ocispec.MediaTypeImageManifest, images.MediaTypeDockerSchema2Manifest,
 }, ", ")
 
-// prefetch answers POST /v1/prefetch with a stream of PrefetchEvent lines.
+// prefetch answers POST /v1/prefetch with a stream of adminapi.PrefetchEvent lines.
 func (s *Server) prefetch(w http.ResponseWriter, r *http.Request) {
-	var req PrefetchRequest
+	var req adminapi.PrefetchRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
 		return
@@ -58,7 +60,7 @@ func (s *Server) prefetch(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	var mu sync.Mutex
-	emit := func(ev PrefetchEvent) {
+	emit := func(ev adminapi.PrefetchEvent) {
 		mu.Lock()
 		defer mu.Unlock()
 		ev.Image = named.String()
@@ -71,15 +73,15 @@ func (s *Server) prefetch(w http.ResponseWriter, r *http.Request) {
 	p := &prefetcher{s: s, emit: emit, registry: reference.Domain(named), repo: reference.Path(named), platform: platform}
 	if err := p.run(r.Context(), named); err != nil {
 		log.G(r.Context()).WithError(err).WithField("image", named.String()).Warn("prefetch failed")
-		emit(PrefetchEvent{Event: "error", Error: err.Error()})
+		emit(adminapi.PrefetchEvent{Event: "error", Error: err.Error()})
 		return
 	}
-	emit(PrefetchEvent{Event: "done", Platform: platforms.Format(platform)})
+	emit(adminapi.PrefetchEvent{Event: "done", Platform: platforms.Format(platform)})
 }
 
 type prefetcher struct {
 	s        *Server
-	emit     func(PrefetchEvent)
+	emit     func(adminapi.PrefetchEvent)
 	registry string
 	repo     string
 	platform ocispec.Platform
@@ -98,9 +100,9 @@ func (p *prefetcher) run(ctx context.Context, named reference.Named) error {
 	if err != nil {
 		return err
 	}
-	p.emit(PrefetchEvent{Event: "resolved", Digest: dgst, MediaType: mediaType, Size: int64(len(body))})
+	p.emit(adminapi.PrefetchEvent{Event: "resolved", Digest: dgst, MediaType: mediaType, Size: int64(len(body))})
 
-	if mediaType == ocispec.MediaTypeImageIndex || mediaType == mediaTypeDockerList {
+	if images.IsIndexType(mediaType) {
 		var idx ocispec.Index
 		if err := json.Unmarshal(body, &idx); err != nil {
 			return fmt.Errorf("index %s: %w", dgst, err)
@@ -113,7 +115,7 @@ func (p *prefetcher) run(ctx context.Context, named reference.Named) error {
 		// the index (small objects, for the image's metadata): fetch them too, so that the
 		// pull finds them cached. Their layers are not fetched.
 		for _, other := range idx.Manifests {
-			if other.Digest == desc.Digest || (other.MediaType != ocispec.MediaTypeImageManifest && other.MediaType != mediaTypeDockerManifest) {
+			if other.Digest == desc.Digest || !images.IsManifestType(other.MediaType) {
 				continue
 			}
 			if err := p.metadataOnly(ctx, other); err != nil {
@@ -123,7 +125,7 @@ func (p *prefetcher) run(ctx context.Context, named reference.Named) error {
 		if body, mediaType, dgst, err = p.manifest(ctx, desc.Digest.String()); err != nil {
 			return err
 		}
-		p.emit(PrefetchEvent{Event: "blob", Digest: dgst, MediaType: mediaType, Size: int64(len(body)), Done: int64(len(body)), Result: "manifest"})
+		p.emit(adminapi.PrefetchEvent{Event: "blob", Digest: dgst, MediaType: mediaType, Size: int64(len(body)), Done: int64(len(body)), Result: "manifest"})
 	}
 	var m ocispec.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
@@ -158,7 +160,7 @@ func (p *prefetcher) metadataOnly(ctx context.Context, desc ocispec.Descriptor) 
 	if err != nil {
 		return err
 	}
-	p.emit(PrefetchEvent{Event: "blob", Digest: dgst, MediaType: mediaType, Size: int64(len(body)), Done: int64(len(body)), Result: "manifest"})
+	p.emit(adminapi.PrefetchEvent{Event: "blob", Digest: dgst, MediaType: mediaType, Size: int64(len(body)), Done: int64(len(body)), Result: "manifest"})
 	var m ocispec.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
 		return fmt.Errorf("manifest %s: %w", dgst, err)
@@ -222,12 +224,12 @@ func (p *prefetcher) manifest(ctx context.Context, ref string) ([]byte, string, 
 // blob GETs a blob through the mirror unless the store has it, reporting progress.
 func (p *prefetcher) blob(ctx context.Context, desc ocispec.Descriptor) error {
 	if info, err := p.s.store.Info(ctx, desc.Digest); err == nil && info.Size == desc.Size {
-		p.emit(PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: desc.Size, Result: "cached"})
+		p.emit(adminapi.PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: desc.Size, Result: "cached"})
 		return nil
 	}
 	w := &sink{header: http.Header{}}
 	w.progress = func(n int64) {
-		p.emit(PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: n})
+		p.emit(adminapi.PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: n})
 	}
 	if err := p.do(ctx, http.MethodGet, "blobs", desc.Digest.String(), w, ""); err != nil {
 		return err
@@ -238,7 +240,7 @@ func (p *prefetcher) blob(ctx context.Context, desc ocispec.Descriptor) error {
 	if w.n != desc.Size {
 		return fmt.Errorf("blob %s: got %d of %d bytes", desc.Digest, w.n, desc.Size)
 	}
-	p.emit(PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: w.n, Result: w.header.Get("X-Blobcache-Result")})
+	p.emit(adminapi.PrefetchEvent{Event: "blob", Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size, Done: w.n, Result: w.header.Get(traffic.ResultHeader)})
 	return nil
 }
 

@@ -16,7 +16,10 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
+	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin/adminapi"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
 )
 
@@ -24,22 +27,28 @@ import (
 type Server struct {
 	store   *blobcache.Store
 	mirror  *mirror.Handler
+	traffic *traffic.Counters
 	started time.Time
 	mux     *http.ServeMux
+	// peers lists the cluster tier's nodes; nil when the tier is off.
+	peers func() []adminapi.PeerStatus
 }
 
-// New returns the admin API over the store and the mirror handler (for its counters and
-// for prefetch).
-func New(store *blobcache.Store, m *mirror.Handler) *Server {
-	s := &Server{store: store, mirror: m, started: time.Now().UTC(), mux: http.NewServeMux()}
-	s.mux.HandleFunc("GET "+PathStats, s.stats)
-	s.mux.HandleFunc("GET "+PathList, s.list)
-	s.mux.HandleFunc("POST "+PathGC, s.gc)
-	s.mux.HandleFunc("POST "+PathVerify, s.verify)
-	s.mux.HandleFunc("POST "+PathRemove, s.remove)
-	s.mux.HandleFunc("POST "+PathPrefetch, s.prefetch)
+// New returns the admin API over the store, the mirror handler (for prefetch) and the
+// counters the surfaces' requests feed (for stats).
+func New(store *blobcache.Store, m *mirror.Handler, counters *traffic.Counters) *Server {
+	s := &Server{store: store, mirror: m, traffic: counters, started: time.Now().UTC(), mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET "+adminapi.PathStats, s.stats)
+	s.mux.HandleFunc("GET "+adminapi.PathList, s.list)
+	s.mux.HandleFunc("POST "+adminapi.PathGC, s.gc)
+	s.mux.HandleFunc("POST "+adminapi.PathVerify, s.verify)
+	s.mux.HandleFunc("POST "+adminapi.PathRemove, s.remove)
+	s.mux.HandleFunc("POST "+adminapi.PathPrefetch, s.prefetch)
 	return s
 }
+
+// SetPeers gives stats the cluster tier's node list.
+func (s *Server) SetPeers(list func() []adminapi.PeerStatus) { s.peers = list }
 
 // Listen binds the admin socket: mode 0600, a stale socket replaced, a live one refused.
 func Listen(ctx context.Context, path string) (net.Listener, error) {
@@ -73,7 +82,7 @@ func writeError(w http.ResponseWriter, err error) {
 	case errdefs.IsUnavailable(err):
 		status = http.StatusServiceUnavailable
 	}
-	writeJSON(w, status, ErrorResponse{Error: err.Error()})
+	writeJSON(w, status, adminapi.ErrorResponse{Error: err.Error()})
 }
 
 func readJSON(r *http.Request, v any) error {
@@ -91,20 +100,25 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	resp := StatsResponse{
-		Store: StoreStats{
+	resp := adminapi.StatsResponse{
+		Version: version.Version,
+		Store: adminapi.StoreStats{
 			Size: sum.Size, MaxSize: sum.MaxSize, High: sum.High, Low: sum.Low,
 			Blobs: sum.Blobs, Manifests: sum.Manifests, Tags: sum.Tags, Held: sum.Held,
 		},
-		Registries: map[string]TrafficStats{},
+		Registries: map[string]adminapi.TrafficStats{},
 		Since:      s.started,
 	}
-	var total mirror.RegistryStats
-	for reg, st := range s.mirror.Stats() {
-		resp.Registries[reg] = TrafficStats{RegistryStats: st, HitRatio: st.HitRatio()}
-		total.Add(st)
+	total, perRegistry := s.traffic.Mirror()
+	for reg, st := range perRegistry {
+		resp.Registries[reg] = trafficStats(st)
 	}
-	resp.Total = TrafficStats{RegistryStats: total, HitRatio: total.HitRatio()}
+	resp.Total = trafficStats(total)
+	resp.Content = trafficStats(s.traffic.Content())
+	resp.Peer = trafficStats(s.traffic.Peer())
+	if s.peers != nil {
+		resp.Peers = s.peers()
+	}
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -141,14 +155,14 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		}
 		return false
 	}
-	out := []ListEntry{}
+	out := []adminapi.ListEntry{}
 	if kind == "tags" || kind == "all" {
 		err := s.store.ListTags(r.Context(), func(t blobcache.TagEntry) error {
 			if (registry != "" && t.Registry != registry) || (repo != "" && t.Repository != repo) || !strings.HasPrefix(t.Digest.String(), prefix) {
 				return nil
 			}
 			at := t.FetchedAt
-			out = append(out, ListEntry{Kind: "tag", Registry: t.Registry, Repository: t.Repository, Tag: t.Tag,
+			out = append(out, adminapi.ListEntry{Kind: "tag", Registry: t.Registry, Repository: t.Repository, Tag: t.Tag,
 				Digest: t.Digest, Size: t.Size, MediaType: t.MediaType, FetchedAt: &at})
 			return nil
 		})
@@ -157,14 +171,14 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var blobs []ListEntry
+	var blobs []adminapi.ListEntry
 	if kind != "tags" {
 		err := s.store.ListBlobs(r.Context(), func(b blobcache.BlobEntry) error {
 			manifest := blobcache.IsManifest(b.MediaType)
 			if (kind == "manifests" && !manifest) || !strings.HasPrefix(b.Digest.String(), prefix) || !fromSource(b.Sources) {
 				return nil
 			}
-			e := ListEntry{Kind: "blob", Digest: b.Digest, Size: b.Size, MediaType: b.MediaType, Held: b.Held}
+			e := adminapi.ListEntry{Kind: "blob", Digest: b.Digest, Size: b.Size, MediaType: b.MediaType, Held: b.Held}
 			if manifest {
 				e.Kind = "manifest"
 			}
@@ -190,7 +204,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
-	var req GCRequest
+	var req adminapi.GCRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
 		return
@@ -213,7 +227,7 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
-	var req VerifyRequest
+	var req adminapi.VerifyRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
 		return
@@ -227,13 +241,13 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
-	var req RemoveRequest
+	var req adminapi.RemoveRequest
 	if err := readJSON(r, &req); err != nil {
 		writeError(w, err)
 		return
 	}
 	ctx := r.Context()
-	var resp RemoveResponse
+	var resp adminapi.RemoveResponse
 	var err error
 	switch {
 	case req.Digest != "":
@@ -272,4 +286,9 @@ func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// trafficStats is a surface's counters with their hit ratio.
+func trafficStats(s traffic.Stats) adminapi.TrafficStats {
+	return adminapi.TrafficStats{Stats: s, HitRatio: s.HitRatio()}
 }

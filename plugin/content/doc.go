@@ -9,10 +9,18 @@
 // keeps its blobs in the cache: each blob is on disk once per node, and a blob containerd
 // garbage-collected stays, so that its next pull downloads nothing.
 //
-// The pieces are containerd's own: plugins/content/local does the reading, the ingests
-// (root/ingest/, resumable, never touched by blobcache, which downloads into root/fills/) and
-// the commits into root/blobs/sha256; its LabelStore is the blobcache index; the gRPC service
-// is plugins/services/content/contentserver. This package adds holds on top.
+// The pieces are containerd's own: plugins/content/local does the ingests (root/ingest/,
+// resumable, never touched by blobcache, which downloads into root/fills/) and the commits
+// into root/blobs/sha256; its LabelStore is the blobcache index; the gRPC service is
+// plugins/services/content/contentserver. This package adds holds on top.
+//
+// # Reads
+//
+// Reads go through the store's own read path, as the mirror's do (blobcache.Store.OpenReader):
+// the blob is pinned against eviction while it is read, its access counts for the LRU, and a
+// blob whose record was rebuilt after an index loss is hashed before its first byte is served.
+// The Read RPC is answered here rather than by containerd's server, which would also ask
+// Info (an index look-up) at every RPC.
 //
 // # Holds
 //

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
 )
 
@@ -29,7 +30,7 @@ type served struct {
 
 // serve opens the store at root and serves it on a socket in a short temporary directory;
 // observer (may be nil) is told about every call.
-func serve(ctx context.Context, root string, observer RequestObserver) (*served, error) {
+func serve(ctx context.Context, root string, observer traffic.Observer) (*served, error) {
 	cache, err := blobcache.Open(ctx, blobcache.Options{Root: root})
 	if err != nil {
 		return nil, err
@@ -92,7 +93,7 @@ func newServed(t *testing.T) *served {
 }
 
 // newObservedServed is newServed with an observer of the calls.
-func newObservedServed(t *testing.T, observer RequestObserver) *served {
+func newObservedServed(t *testing.T, observer traffic.Observer) *served {
 	t.Helper()
 	s, err := serve(t.Context(), t.TempDir(), observer)
 	if err != nil {

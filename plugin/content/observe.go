@@ -11,16 +11,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
-
-// RequestObserver is told about every content API call when it ends (*metrics.Metrics; a nil
-// *metrics.Metrics records nothing).
-type RequestObserver interface {
-	// ContentRequest gets the call (info, read, ...), its result (metrics.Result*), its
-	// duration and the blob bytes it sent.
-	ContentRequest(rpc, result string, d time.Duration, sent int64)
-}
 
 // rpcName is the metric label of a method of the service. The set is closed, so that a label
 // never takes a value a client chose.
@@ -38,23 +30,23 @@ func rpcName(fullMethod string) string {
 // they are hits; NotFound, misses. For the other calls NotFound and AlreadyExists are
 // ordinary answers (containerd commits an existing blob, aborts a finished ingest), not
 // failures.
-func callResult(rpc string, err error) string {
+func callResult(rpc string, err error) traffic.Result {
 	lookup := rpc == "info" || rpc == "read"
 	if err == nil {
 		if lookup {
-			return metrics.ResultHit
+			return traffic.Hit
 		}
-		return metrics.ResultNone
+		return traffic.None
 	}
 	notFound := status.Code(err) == codes.NotFound || errdefs.IsNotFound(err)
 	exists := status.Code(err) == codes.AlreadyExists || errdefs.IsAlreadyExists(err)
 	switch {
 	case lookup && notFound:
-		return metrics.ResultMiss
+		return traffic.Miss
 	case !lookup && (notFound || exists):
-		return metrics.ResultNone
+		return traffic.None
 	}
-	return metrics.ResultError
+	return traffic.Error
 }
 
 // countedStream counts the blob bytes a Read sends.
@@ -72,4 +64,22 @@ func (s *countedStream) SendMsg(m any) error {
 		s.sent += int64(len(r.Data))
 	}
 	return err
+}
+
+// observe tells observer about a finished call: one observation, which feeds the admin API's
+// stats and the metrics alike.
+func observe(observer traffic.Observer, fullMethod string, err error, start time.Time, sent int64) {
+	// The socket's gRPC server also carries the diff API, which counts itself.
+	if observer == nil || !strings.HasPrefix(fullMethod, "/"+api.Content_ServiceDesc.ServiceName+"/") {
+		return
+	}
+	rpc := rpcName(fullMethod)
+	observer.ObserveRequest(traffic.Request{
+		Surface:  traffic.SurfaceContent,
+		Kind:     rpc,
+		Method:   "grpc",
+		Result:   callResult(rpc, err),
+		Duration: time.Since(start),
+		Bytes:    sent,
+	})
 }

@@ -11,12 +11,15 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
-// recordedCall is one ContentRequest a recordingObserver got.
+// recordedCall is one observation a recordingObserver got.
 type recordedCall struct {
-	rpc, result string
-	sent        int64
+	rpc    string
+	result traffic.Result
+	sent   int64
 }
 
 // recordingObserver records calls. A stream's call is recorded when its handler returns,
@@ -33,10 +36,10 @@ func newRecordingObserver() *recordingObserver {
 	return o
 }
 
-func (o *recordingObserver) ContentRequest(rpc, result string, _ time.Duration, sent int64) {
+func (o *recordingObserver) ObserveRequest(r traffic.Request) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.calls = append(o.calls, recordedCall{rpc, result, sent})
+	o.calls = append(o.calls, recordedCall{r.Kind, r.Result, r.Bytes})
 	o.changed.Broadcast()
 }
 
@@ -137,7 +140,7 @@ func TestCallResult(t *testing.T) {
 	for _, c := range []struct {
 		rpc  string
 		err  error
-		want string
+		want traffic.Result
 	}{
 		{"info", nil, "hit"},
 		{"read", nil, "hit"},

@@ -8,16 +8,16 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 )
 
-// BenchmarkReadThroughAPI reads a layer the way containerd's unpacker does through its proxy
-// client: 32 KiB at a time (the decompressor's buffer), each read one Read RPC, each RPC an
-// Info and an open on the server. It measures what unpacking from the content proxy costs.
+// BenchmarkReadThroughAPI reads a 256 MiB layer the way containerd's unpacker does through
+// its proxy client (core/content/proxy): sequential 32 KiB ReadAt calls (the decompressor's
+// buffer), each one a Read RPC. It measures what reading from the content proxy costs.
 func BenchmarkReadThroughAPI(b *testing.B) {
 	s, err := serve(b.Context(), b.TempDir(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.close(b.Context())
-	data, d := testBlob(16 << 20)
+	data, d := testBlob(256 << 20)
 	if err := content.WriteBlob(b.Context(), s.client, "x", bytes.NewReader(data), desc(d, data)); err != nil {
 		b.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"time"
 
 	api "github.com/containerd/containerd/api/services/content/v1"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // Service is the content API served over gRPC on a listener.
@@ -28,7 +28,7 @@ type Service struct {
 
 // NewService serves cache's content on ln (see Listen) once Serve runs. ctx carries the
 // logger every request logs with; observer, when not nil, is told about every call.
-func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, observer RequestObserver) (*Service, error) {
+func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, observer traffic.Observer) (*Service, error) {
 	store, err := NewStore(ctx, cache)
 	if err != nil {
 		return nil, err
@@ -39,6 +39,7 @@ func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, ob
 		// message, above gRPC's 4 MiB default.
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
+
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			start := time.Now()
 			ctx = log.WithLogger(ctx, logger)
@@ -56,7 +57,7 @@ func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, ob
 			return err
 		}),
 	)
-	api.RegisterContentServer(srv, contentserver.New(store))
+	api.RegisterContentServer(srv, readServer{ContentServer: contentserver.New(store), store: store})
 	return &Service{store: store, srv: srv, ln: ln}, nil
 }
 
@@ -101,14 +102,6 @@ func (s *Service) Shutdown(ctx context.Context) {
 func (s *Service) Close() error {
 	s.srv.Stop()
 	return s.ln.Close()
-}
-
-func observe(observer RequestObserver, fullMethod string, err error, start time.Time, sent int64) {
-	if observer == nil || !strings.HasPrefix(fullMethod, "/"+api.Content_ServiceDesc.ServiceName+"/") {
-		return
-	}
-	rpc := rpcName(fullMethod)
-	observer.ContentRequest(rpc, callResult(rpc, err), time.Since(start), sent)
 }
 
 // logResult logs failed requests at debug level; the answers containerd expects in normal

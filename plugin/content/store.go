@@ -118,12 +118,14 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	return nil
 }
 
-// ReaderAt opens the blob file.
+// ReaderAt reads through the store's read path, as the mirror does: the blob is pinned
+// against eviction while the reader is open, its access is recorded for the LRU, and a blob
+// whose record was rebuilt after an index loss is hashed before its first byte is served.
 func (s *Store) ReaderAt(ctx context.Context, desc ocispec.Descriptor) (content.ReaderAt, error) {
 	if err := checkDigest(desc.Digest); err != nil {
 		return nil, err
 	}
-	return s.local.ReaderAt(ctx, desc)
+	return s.cache.OpenReader(ctx, desc.Digest)
 }
 
 // Status returns the status of the ingest ref.

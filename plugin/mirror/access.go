@@ -162,7 +162,7 @@ func (h *Handler) checkAccess(q *request, kind, ref string) bool {
 	}
 	h.access.remember(key)
 	q.accessChecked = true
-	if dgst, err := digest.Parse(ref); err == nil && dgst.Algorithm() == digest.SHA256 {
+	if dgst, err := parseDigest(ref); err == nil {
 		if q.r.Header.Get("Authorization") != "" || mode != resolver.AuthClient {
 			h.probePublic(q, kind, dgst)
 		}

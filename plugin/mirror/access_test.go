@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // waitCommitted waits for the background commit of a fill the client already read.
@@ -33,8 +34,8 @@ func TestPrivateBlobServedOnlyToCheckedClients(t *testing.T) {
 	good := map[string]string{"Authorization": "Bearer good"}
 
 	resp, got := fx.do(http.MethodGet, path, good)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "miss" || !bytes.Equal(got, data) {
-		t.Fatalf("authorised miss: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "miss" || !bytes.Equal(got, data) {
+		t.Fatalf("authorised miss: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 	waitCommitted(t, fx, dgst)
 	info, err := fx.store.Info(context.Background(), dgst)
@@ -60,8 +61,8 @@ func TestPrivateBlobServedOnlyToCheckedClients(t *testing.T) {
 	getsBefore, headsBefore := fx.upstream.count("GET blobs"), fx.upstream.count("AUTH HEAD blobs")
 	for range 3 {
 		resp, got := fx.do(http.MethodGet, path, good)
-		if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || !bytes.Equal(got, data) {
-			t.Fatalf("authorised hit: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+		if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "hit" || !bytes.Equal(got, data) {
+			t.Fatalf("authorised hit: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 		}
 	}
 	if n := fx.upstream.count("GET blobs") - getsBefore; n != 0 {
@@ -98,8 +99,8 @@ func TestPublicBlobServedToAnyone(t *testing.T) {
 	fx.upstream.mu.Unlock()
 	// Obtained anonymously: served from the store without asking upstream, even when down.
 	resp, got := fx.do(http.MethodGet, path, map[string]string{"Authorization": "Bearer whoever"})
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || !bytes.Equal(got, data) {
-		t.Fatalf("public hit: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "hit" || !bytes.Equal(got, data) {
+		t.Fatalf("public hit: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 }
 
@@ -131,7 +132,7 @@ func TestRateLimitedTagServedStale(t *testing.T) {
 	fx.upstream.mu.Unlock()
 	fx.clock.Add(int64(2 * time.Minute))
 	resp, got := fx.do(http.MethodGet, "/v2/app/manifests/v1", nil)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "stale" || resp.Header.Get("Warning") == "" || !bytes.Equal(got, body) {
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "stale" || resp.Header.Get("Warning") == "" || !bytes.Equal(got, body) {
 		t.Fatalf("429 on revalidation: %d %v", resp.StatusCode, resp.Header)
 	}
 	// Nothing stored to fall back on: the 429 goes back promptly.
@@ -167,7 +168,7 @@ func TestAnonymouslyReadableObjectBecomesPublic(t *testing.T) {
 	fx.upstream.down = true
 	fx.upstream.mu.Unlock()
 	resp, got = fx.do(http.MethodGet, path, map[string]string{"Authorization": "Bearer anon-token-3"})
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || !bytes.Equal(got, data) {
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "hit" || !bytes.Equal(got, data) {
 		t.Fatalf("public hit with the registry down: %d", resp.StatusCode)
 	}
 }

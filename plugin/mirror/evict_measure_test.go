@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 // TestMeasureEvictionWhileServing evicts thousands of cold blobs while clients keep asking
@@ -63,8 +64,8 @@ func TestMeasureEvictionWhileServing(t *testing.T) {
 					n, _ := io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 					el := time.Since(start)
-					if resp.StatusCode != 200 || n != size || resp.Header.Get(ResultHeader) != resultHit {
-						t.Errorf("hot GET %s: %d, %d bytes, %s", d, resp.StatusCode, n, resp.Header.Get(ResultHeader))
+					if resp.StatusCode != 200 || n != size || resp.Header.Get(traffic.ResultHeader) != string(traffic.Hit) {
+						t.Errorf("hot GET %s: %d, %d bytes, %s", d, resp.StatusCode, n, resp.Header.Get(traffic.ResultHeader))
 						return
 					}
 					latMu.Lock()

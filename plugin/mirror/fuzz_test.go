@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/containerd-blobcache/containerd-blobcache/internal/httpcount"
 )
 
@@ -25,6 +27,9 @@ func FuzzParseTarget(f *testing.F) {
 		"a/manifests/" + strings.Repeat("t", 129),
 		"a/blobs/md5:d41d8cd98f00b204e9800998ecf8427e",
 		"a__b/c-d/manifests/v1.0_rc-1",
+		"a/b/tags/list",
+		"a/referrers/sha512:" + strings.Repeat("cd", 64),
+		"a/tags/list/manifests/v1",
 	} {
 		f.Add(s)
 	}
@@ -43,6 +48,10 @@ func FuzzParseTarget(f *testing.F) {
 			t.Fatalf("parseTarget(%q) accepted a traversal in %q", rest, tg.repo)
 		}
 		switch {
+		case tg.kind == kindTags:
+			if tg.tag != "" || tg.dgst != "" {
+				t.Fatalf("parseTarget(%q) accepted a reference %q%q for tags/list", rest, tg.tag, tg.dgst)
+			}
 		case tg.tag != "":
 			if tg.kind != kindManifest || !anchoredTag.MatchString(tg.tag) {
 				t.Fatalf("parseTarget(%q) accepted tag %q for %s", rest, tg.tag, tg.kind)
@@ -50,6 +59,9 @@ func FuzzParseTarget(f *testing.F) {
 		default:
 			if err := tg.dgst.Validate(); err != nil {
 				t.Fatalf("parseTarget(%q) accepted digest %q: %v", rest, tg.dgst, err)
+			}
+			if alg := tg.dgst.Algorithm(); alg != digest.SHA256 && alg != digest.SHA512 {
+				t.Fatalf("parseTarget(%q) accepted algorithm %q", rest, alg)
 			}
 		}
 		if rebuilt := tg.repo + "/" + string(tg.kind) + "/" + tg.reference(); rebuilt != rest {

@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
 )
 
@@ -37,6 +38,10 @@ type fakeRegistry struct {
 	requests  map[string]int // "GET manifests", "HEAD blobs"...
 	// gate, when set, holds every blob body after its first half until closed.
 	gate chan struct{}
+	// manifestGate, when set, holds every manifest answer until closed.
+	manifestGate chan struct{}
+	// other, when set, answers what is neither a manifest nor a blob (tags/list, referrers).
+	other http.HandlerFunc
 	// corrupt flips one byte of every blob body.
 	corrupt bool
 	// requireAuth answers 401 with a challenge to requests without this Authorization.
@@ -83,14 +88,19 @@ func (f *fakeRegistry) addManifest(tag string, body []byte) digest.Digest {
 func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	kind := "blobs"
-	if strings.Contains(r.URL.Path, "/manifests/") {
+	switch {
+	case strings.Contains(r.URL.Path, "/manifests/"):
 		kind = "manifests"
+	case strings.Contains(r.URL.Path, "/tags/list"):
+		kind = "tags"
+	case strings.Contains(r.URL.Path, "/referrers/"):
+		kind = "referrers"
 	}
 	f.requests[r.Method+" "+kind]++
 	if r.Header.Get("Authorization") != "" {
 		f.requests["AUTH "+r.Method+" "+kind]++
 	}
-	down, downStatus, auth, corrupt, gate := f.down, f.downStatus, f.requireAuth, f.corrupt, f.gate
+	down, downStatus, auth, corrupt, gate, manifestGate, other := f.down, f.downStatus, f.requireAuth, f.corrupt, f.gate, f.manifestGate, f.other
 	ref := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 	manifest, hasManifest := f.manifests[ref]
 	blob, hasBlob := f.blobs[digest.Digest(ref)]
@@ -109,7 +119,22 @@ func (f *fakeRegistry) serve(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`)
 		return
 	}
+	if kind == "tags" || kind == "referrers" {
+		if other == nil {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		other(w, r)
+		return
+	}
 	if kind == "manifests" {
+		if manifestGate != nil {
+			select {
+			case <-manifestGate:
+			case <-r.Context().Done():
+				return
+			}
+		}
 		if !hasManifest {
 			w.WriteHeader(http.StatusNotFound)
 			return
@@ -154,6 +179,8 @@ type fixture struct {
 	srv      *httptest.Server
 	clock    atomic.Int64
 	active   atomic.Int64
+	// counters get every request's observation, like the admin API's.
+	counters traffic.Counters
 }
 
 // handlerActive is the number of requests inside the handler.
@@ -200,7 +227,8 @@ func newFixtureAt(t *testing.T, root string) *fixture {
 	}
 	fx.handler, err = New(Options{
 		Store: store, Resolver: res, TagFreshness: time.Minute, MaxManifestSize: 4 << 20,
-		Now: func() time.Time { return time.Unix(0, fx.clock.Load()) },
+		Now:      func() time.Time { return time.Unix(0, fx.clock.Load()) },
+		Observer: &fx.counters,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +289,11 @@ func TestRefusesBadInput(t *testing.T) {
 		{"bad manifest digest", "GET", "/v2/a/manifests/sha256:abc", "default", 400, "DIGEST_INVALID"},
 		{"bad blob digest", "GET", "/v2/a/blobs/latest", "default", 400, "DIGEST_INVALID"},
 		{"short blob digest", "GET", "/v2/a/blobs/sha256:1234", "default", 400, "DIGEST_INVALID"},
-		{"unknown endpoint", "GET", "/v2/a/tags/list", "default", 404, "NOT_FOUND"},
+		{"unknown endpoint", "GET", "/v2/a/tags/all", "default", 404, "NOT_FOUND"},
+		{"unregistered algorithm", "GET", "/v2/a/blobs/sha384:" + strings.Repeat("a", 96), "default", 400, "DIGEST_INVALID"},
+		{"unknown algorithm", "GET", "/v2/a/manifests/md5:" + strings.Repeat("a", 32), "default", 400, "DIGEST_INVALID"},
+		{"bad referrers subject", "GET", "/v2/a/referrers/latest", "default", 400, "DIGEST_INVALID"},
+		{"bad tags list name", "GET", "/v2/A/tags/list", "default", 400, "NAME_INVALID"},
 		{"push", "PUT", "/v2/a/manifests/latest", "default", 405, "UNSUPPORTED"},
 		{"upload", "POST", "/v2/a/blobs/uploads/", "default", 405, "UNSUPPORTED"},
 		{"delete", "DELETE", "/v2/a/blobs/" + good, "default", 405, "UNSUPPORTED"},
@@ -315,8 +347,8 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	accept := map[string]string{"Accept": manifestType + ", application/vnd.oci.image.index.v1+json"}
 
 	resp, got := fx.do(http.MethodGet, "/v2/app/manifests/v1", accept)
-	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(ResultHeader) != "miss" {
-		t.Fatalf("first GET: %d %s %q", resp.StatusCode, resp.Header.Get(ResultHeader), got)
+	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(traffic.ResultHeader) != "miss" {
+		t.Fatalf("first GET: %d %s %q", resp.StatusCode, resp.Header.Get(traffic.ResultHeader), got)
 	}
 	if resp.Header.Get("Content-Type") != manifestType || resp.Header.Get("Docker-Content-Digest") != dgst.String() || resp.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
 		t.Fatalf("headers: %v", resp.Header)
@@ -324,7 +356,7 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	// HEAD and GET by tag and by digest are now answered from the store.
 	for _, req := range []struct{ method, ref string }{{"HEAD", "v1"}, {"GET", "v1"}, {"GET", dgst.String()}, {"HEAD", dgst.String()}} {
 		resp, got := fx.do(req.method, "/v2/app/manifests/"+req.ref, accept)
-		if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || resp.Header.Get("Docker-Content-Digest") != dgst.String() ||
+		if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "hit" || resp.Header.Get("Docker-Content-Digest") != dgst.String() ||
 			resp.Header.Get("Content-Type") != manifestType || resp.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
 			t.Fatalf("%s %s: %d %v", req.method, req.ref, resp.StatusCode, resp.Header)
 		}
@@ -339,8 +371,8 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	// Past the freshness window the tag is revalidated with one HEAD.
 	fx.clock.Add(int64(2 * time.Minute))
 	resp, _ = fx.do(http.MethodHead, "/v2/app/manifests/v1", accept)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "hit" || fx.upstream.count("HEAD manifests") != 1 {
-		t.Fatalf("revalidation: %d %s, upstream HEADs %d", resp.StatusCode, resp.Header.Get(ResultHeader), fx.upstream.count("HEAD manifests"))
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "hit" || fx.upstream.count("HEAD manifests") != 1 {
+		t.Fatalf("revalidation: %d %s, upstream HEADs %d", resp.StatusCode, resp.Header.Get(traffic.ResultHeader), fx.upstream.count("HEAD manifests"))
 	}
 
 	// The tag moves upstream: after the window the new manifest is fetched.
@@ -358,7 +390,7 @@ func TestManifestByTagIsCachedAndRevalidated(t *testing.T) {
 	fx.upstream.mu.Unlock()
 	fx.clock.Add(int64(2 * time.Minute))
 	resp, got = fx.do(http.MethodGet, "/v2/app/manifests/v1", accept)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != "stale" || !bytes.Equal(got, body2) || resp.Header.Get("Warning") == "" {
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != "stale" || !bytes.Equal(got, body2) || resp.Header.Get("Warning") == "" {
 		t.Fatalf("stale-if-error: %d %v", resp.StatusCode, resp.Header)
 	}
 	// A tag never seen cannot be served: the upstream status goes back.
@@ -413,7 +445,7 @@ func TestBlobMissThenHitWithRanges(t *testing.T) {
 	dgst, data := fx.upstream.addBlob(3<<20, 2)
 	path := "/v2/app/blobs/" + dgst.String()
 	resp, got := fx.do(http.MethodGet, path, nil)
-	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(ResultHeader) != "miss" || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
+	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(traffic.ResultHeader) != "miss" || resp.Header.Get("Docker-Content-Digest") != dgst.String() {
 		t.Fatalf("miss: %d %v", resp.StatusCode, resp.Header)
 	}
 	// The commit (file renamed, then recorded) ends just after the client got its body.
@@ -437,7 +469,7 @@ func TestBlobMissThenHitWithRanges(t *testing.T) {
 			hdr["Range"] = tc.rng
 		}
 		resp, got := fx.do(http.MethodGet, path, hdr)
-		if resp.StatusCode != tc.status || !bytes.Equal(got, data[tc.start:tc.end]) || resp.Header.Get("Content-Range") != tc.contentRange || resp.Header.Get(ResultHeader) != "hit" {
+		if resp.StatusCode != tc.status || !bytes.Equal(got, data[tc.start:tc.end]) || resp.Header.Get("Content-Range") != tc.contentRange || resp.Header.Get(traffic.ResultHeader) != "hit" {
 			t.Fatalf("range %q: %d %v", tc.rng, resp.StatusCode, resp.Header)
 		}
 	}
@@ -575,8 +607,8 @@ func TestStoreThatCannotWriteBypasses(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp, got := fx.do(http.MethodGet, "/v2/app/blobs/"+dgst.String(), nil)
-	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(ResultHeader) != "bypass" {
-		t.Fatalf("bypass: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || !bytes.Equal(got, data) || resp.Header.Get(traffic.ResultHeader) != "bypass" {
+		t.Fatalf("bypass: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 	resp, got = fx.do(http.MethodGet, "/v2/app/blobs/"+dgst.String(), map[string]string{"Range": "bytes=10-"})
 	if resp.StatusCode != 206 || !bytes.Equal(got, data[10:]) {
@@ -585,8 +617,8 @@ func TestStoreThatCannotWriteBypasses(t *testing.T) {
 	body := []byte(`{"schemaVersion":2,"mediaType":"` + manifestType + `"}`)
 	fx.upstream.addManifest("t", body)
 	resp, got = fx.do(http.MethodGet, "/v2/app/manifests/t", nil)
-	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(ResultHeader) != "bypass" {
-		t.Fatalf("manifest bypass: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || !bytes.Equal(got, body) || resp.Header.Get(traffic.ResultHeader) != "bypass" {
+		t.Fatalf("manifest bypass: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 }
 
@@ -605,7 +637,7 @@ func TestParseRange(t *testing.T) {
 		{"bytes=-0", 0, 0, false, true},
 		{"bytes=0-1,5-6", 0, 0, false, false},
 		{"items=0-1", 0, 0, false, false},
-		{"bytes=9-3", 0, 0, false, false},
+		{"bytes=9-3", 0, 0, false, true},
 		{"bytes=x-", 0, 0, false, false},
 		{"bytes=--1", 0, 0, false, false},
 	} {

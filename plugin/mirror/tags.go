@@ -4,14 +4,12 @@ import (
 	"crypto/sha256"
 	"net/http"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
-)
 
-// resultNegative answers a manifest request with a 404 upstream gave a moment ago.
-const resultNegative = "negative"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
+)
 
 // negativeCacheMax bounds the remembered 404s: a client asking for many made-up tags must
 // not grow the daemon's memory without limit.
@@ -124,40 +122,35 @@ func (c *negativeCache) forget(key string) {
 	c.mu.Unlock()
 }
 
+// negativeApplies reports whether 404s for this request are remembered: for a digest, and
+// for a tag only where tags may be served without asking the registry (a freshness window):
+// with tag_freshness 0 a tag pushed after a 404 is seen at the next request.
+func (h *Handler) negativeApplies(q *request) bool {
+	if h.tags.NegativeTTL <= 0 {
+		return false
+	}
+	return q.target.tag == "" || h.freshness(q.endpoint.Name) > 0
+}
+
 // serveNegative answers from a remembered 404, if there is one.
 func (h *Handler) serveNegative(q *request) bool {
-	if h.tags.NegativeTTL <= 0 {
+	if !h.negativeApplies(q) {
 		return false
 	}
 	se := h.negative.get(negativeKey(q), h.now())
 	if se == nil {
 		return false
 	}
-	se.writeAs(q, resultNegative)
+	se.writeAs(q, traffic.Negative)
 	return true
 }
 
-// writeAs relays the captured answer with the given result.
-func (e *statusError) writeAs(q *request, result string) {
-	for k, v := range e.header {
-		q.w.Header()[k] = v
-	}
-	q.w.Header().Set("Content-Length", strconv.Itoa(len(e.body)))
-	q.w.Header().Set(ResultHeader, result)
-	q.w.result = result
-	q.w.err = e
-	q.w.WriteHeader(e.status)
-	if q.r.Method != http.MethodHead {
-		_, _ = q.w.Write(e.body)
-	}
-}
-
-// passManifestStatus relays a non-200 upstream answer to a manifest request and remembers
-// a 404.
-func (h *Handler) passManifestStatus(q *request, resp *http.Response) {
+// captureManifestStatus keeps a non-200 upstream answer to a manifest request, to be
+// relayed, and remembers a 404.
+func (h *Handler) captureManifestStatus(q *request, resp *http.Response) *statusError {
 	se := captureStatus(resp)
-	if resp.StatusCode == http.StatusNotFound && h.tags.NegativeTTL > 0 {
+	if resp.StatusCode == http.StatusNotFound && h.negativeApplies(q) {
 		h.negative.put(negativeKey(q), se, h.now().Add(h.tags.NegativeTTL), h.now())
 	}
-	se.write(q)
+	return se
 }

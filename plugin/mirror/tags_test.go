@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
 func (fx *fixture) setDown(down bool) {
@@ -24,24 +26,24 @@ func TestStaleIfErrorBoundedByMaxStaleness(t *testing.T) {
 	fx.setDown(true)
 	fx.clock.Add(int64(30 * time.Minute))
 	resp, body := fx.do(http.MethodGet, "/v2/app/manifests/v1", nil)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != resultStale || len(body) == 0 {
-		t.Fatalf("upstream down, 30m old tag: %d %s, want 200 stale", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != string(traffic.Stale) || len(body) == 0 {
+		t.Fatalf("upstream down, 30m old tag: %d %s, want 200 stale", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 	fx.clock.Add(int64(31 * time.Minute))
 	resp, _ = fx.do(http.MethodGet, "/v2/app/manifests/v1", nil)
 	if resp.StatusCode != http.StatusBadGateway {
-		t.Fatalf("upstream down, 61m old tag (max 1h): %d %s, want 502", resp.StatusCode, resp.Header.Get(ResultHeader))
+		t.Fatalf("upstream down, 61m old tag (max 1h): %d %s, want 502", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 	// Back up: revalidated, served as a hit, and fresh again.
 	fx.setDown(false)
 	resp, _ = fx.do(http.MethodGet, "/v2/app/manifests/v1", nil)
-	if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != resultHit {
-		t.Fatalf("upstream back: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != string(traffic.Hit) {
+		t.Fatalf("upstream back: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 	fx.setDown(true)
 	fx.clock.Add(int64(2 * time.Minute))
-	if resp, _ := fx.do(http.MethodGet, "/v2/app/manifests/v1", nil); resp.Header.Get(ResultHeader) != resultStale {
-		t.Fatalf("after revalidation the staleness restarts: %d %s", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp, _ := fx.do(http.MethodGet, "/v2/app/manifests/v1", nil); resp.Header.Get(traffic.ResultHeader) != string(traffic.Stale) {
+		t.Fatalf("after revalidation the staleness restarts: %d %s", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 }
 
@@ -58,13 +60,13 @@ func TestNegativeCache(t *testing.T) {
 		t.Fatalf("first GET: %d", resp.StatusCode)
 	}
 	resp := get(nil)
-	if resp.StatusCode != 404 || resp.Header.Get(ResultHeader) != resultNegative {
-		t.Fatalf("second GET: %d %s, want 404 negative", resp.StatusCode, resp.Header.Get(ResultHeader))
+	if resp.StatusCode != 404 || resp.Header.Get(traffic.ResultHeader) != string(traffic.Negative) {
+		t.Fatalf("second GET: %d %s, want 404 negative", resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 	}
 	if n := fx.upstream.count("GET manifests"); n != 1 {
 		t.Errorf("upstream asked %d times within the TTL, want 1", n)
 	}
-	if resp := get(map[string]string{"Authorization": "Bearer other"}); resp.Header.Get(ResultHeader) == resultNegative {
+	if resp := get(map[string]string{"Authorization": "Bearer other"}); resp.Header.Get(traffic.ResultHeader) == string(traffic.Negative) {
 		t.Error("a 404 seen without credentials answered a client with credentials")
 	}
 	// Pushed meanwhile: still 404 until the TTL ends, then found.
@@ -109,8 +111,8 @@ func TestTagFreshnessPolicy(t *testing.T) {
 	}{{"v1", 0}, {"latest", 1}, {"nightly-2", 1}} {
 		before := fx.upstream.count("HEAD manifests")
 		resp, _ := fx.do(http.MethodGet, "/v2/app/manifests/"+tc.tag, nil)
-		if resp.StatusCode != 200 || resp.Header.Get(ResultHeader) != resultHit {
-			t.Errorf("%s: %d %s", tc.tag, resp.StatusCode, resp.Header.Get(ResultHeader))
+		if resp.StatusCode != 200 || resp.Header.Get(traffic.ResultHeader) != string(traffic.Hit) {
+			t.Errorf("%s: %d %s", tc.tag, resp.StatusCode, resp.Header.Get(traffic.ResultHeader))
 		}
 		if n := fx.upstream.count("HEAD manifests") - before; n != tc.heads {
 			t.Errorf("%s: %d revalidations, want %d", tc.tag, n, tc.heads)
@@ -127,8 +129,9 @@ func TestStatsCounters(t *testing.T) {
 	fx.do(http.MethodGet, "/v2/app/blobs/"+d.String(), nil)
 	fx.do(http.MethodGet, "/v2/app/blobs/"+d.String(), nil)
 	// A request is counted once its handler returned, just after the client got the body.
-	waitFor(t, func() bool { return fx.handler.Stats()[fx.upstream.host()].Requests == 3 })
-	st := fx.handler.Stats()[fx.upstream.host()]
+	perRegistry := func() traffic.Stats { _, per := fx.counters.Mirror(); return per[fx.upstream.host()] }
+	waitFor(t, func() bool { return perRegistry().Requests == 3 })
+	st := perRegistry()
 	if st.Misses != 1 || st.Hits != 2 || st.BytesFromUpstream != int64(len(data)) || st.BytesFromCache != 2*int64(len(data)) {
 		t.Errorf("stats %+v", st)
 	}

@@ -14,8 +14,8 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/sdnotify"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
 )
 
 // opsServer is the listener of /metrics, /healthz and /readyz. Its methods accept a nil
@@ -58,15 +58,9 @@ func (o *opsServer) address() string {
 	return o.listener.Addr().String()
 }
 
-func (o *opsServer) instrumentMirror(h http.Handler) http.Handler {
-	if o == nil {
-		return h
-	}
-	return o.metrics.Mirror(h)
-}
-
-// contentObserver is what counts the content API's calls, or nil without a metrics listener.
-func (o *opsServer) contentObserver() content.RequestObserver {
+// requestObserver is the metrics' side of the surfaces' request observations, or nil
+// without a metrics listener.
+func (o *opsServer) requestObserver() traffic.Observer {
 	if o == nil {
 		return nil
 	}
@@ -120,7 +114,7 @@ func (s *Server) stopping(ctx context.Context) {
 	}
 }
 
-// Observer is where components report what the mirror middleware cannot see (token fetches,
+// Observer is where components report what is not a request of a surface (token fetches,
 // evictions). It is never nil; with the metrics listener disabled it records nothing.
 func (s *Server) Observer() metrics.Observer {
 	if s.ops == nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/admin"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
 	"github.com/containerd-blobcache/containerd-blobcache/resolver"
@@ -40,6 +41,21 @@ func resolverOptions(c config.UpstreamConfig) resolver.Options {
 		ResponseHeaderTimeout: c.ResponseHeaderTimeout.D(),
 		StallTimeout:          c.StallTimeout.D(),
 		HostsDir:              c.HostsDir,
+		LowSpeedLimit:         int64(c.LowSpeedLimit),
+		LowSpeedTime:          c.LowSpeedTime.D(),
+		BreakerCooldown:       c.CircuitBreakerCooldown.D(),
+		Proxy:                 c.Proxy,
+		RegistryProxies:       c.RegistryProxies,
+	}
+}
+
+// credentialStoreOptions are the credential files and helper settings from the config.
+func credentialStoreOptions(c config.UpstreamConfig) resolver.CredentialStoreOptions {
+	return resolver.CredentialStoreOptions{
+		CredentialsFile: c.CredentialsFile,
+		DockerConfig:    c.DockerConfig,
+		HelperTimeout:   c.CredentialHelperTimeout.D(),
+		HelperTTL:       c.CredentialHelperTTL.D(),
 	}
 }
 
@@ -55,13 +71,17 @@ func tagPolicy(cfg config.Config) mirror.TagPolicy {
 }
 
 // newAdmin binds the admin socket and builds its server.
-func newAdmin(ctx context.Context, cfg config.Config, store *blobcache.Store, m *mirror.Handler) (net.Listener, *http.Server, error) {
+func newAdmin(ctx context.Context, cfg config.Config, store *blobcache.Store, m *mirror.Handler, counters *traffic.Counters, tier *peerTier) (net.Listener, *http.Server, error) {
 	ln, err := admin.Listen(ctx, cfg.Admin.Address)
 	if err != nil {
 		return nil, nil, err
 	}
+	api := admin.New(store, m, counters)
+	if tier != nil {
+		api.SetPeers(tier.peerStatus)
+	}
 	srv := &http.Server{
-		Handler:           admin.New(store, m),
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}

@@ -11,11 +11,13 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/net/http/httpproxy"
 	"google.golang.org/grpc"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/metrics"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/unixsock"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/version"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/content"
@@ -41,6 +43,10 @@ type Server struct {
 	// admin is the admin API (plugin/admin) on its unix socket.
 	adminListener net.Listener
 	adminServer   *http.Server
+	// creds are reloaded on SIGHUP and when their files change (reload.go).
+	creds *resolver.CredentialStore
+	// peer is the cluster tier (peer.go); nil when peer.enabled is false.
+	peer *peerTier
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -58,6 +64,8 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 			}
 		}
 	}()
+	// First in, so last out: after the store and the sockets are closed.
+	undo = append(undo, removeCreated(cfg))
 
 	// The metrics are created after the store (they read it when scraped); evictions that
 	// start before then are not counted, and the pointer keeps the hand-over race-free.
@@ -76,6 +84,10 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		return nil, err
 	}
 	undo = append(undo, ops.close)
+	// Each request of either surface is observed once; that observation feeds the admin
+	// API's stats and the metrics alike.
+	counters := &traffic.Counters{}
+	observer := traffic.Observers{counters, ops.requestObserver()}
 
 	// The content socket comes next: when containerd uses it, containerd waits for it.
 	var contentSvc *content.Service
@@ -85,7 +97,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		if err != nil {
 			return nil, fmt.Errorf("content socket %s (content.address): %w", cfg.Content.Address, err)
 		}
-		contentSvc, err = content.NewService(ctx, store, cln, ops.contentObserver())
+		contentSvc, err = content.NewService(ctx, store, cln, observer)
 		if err != nil {
 			cln.Close()
 			return nil, err
@@ -106,23 +118,41 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	}
 	undo = append(undo, func() { ln.Close() })
 
-	opts := resolverOptions(cfg.Upstream)
-	opts.UserAgent = "containerd-blobcache/" + version.Version
-	opts.SelfAddresses = []string{ln.Addr().String()}
-	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
+	var peerMetrics *metrics.Metrics
+	if ops != nil {
+		peerMetrics = ops.metrics
+	}
+	tier, err := newPeerTier(cfg.Peer, peerMetrics)
 	if err != nil {
 		return nil, err
 	}
+	undo = append(undo, tier.close)
+
+	opts := resolverOptions(cfg.Upstream)
+	opts.UserAgent = "containerd-blobcache/" + version.Version
+	opts.SelfAddresses = []string{ln.Addr().String()}
+	if tier != nil {
+		opts.SelfAddresses = append(opts.SelfAddresses, tier.address())
+	}
+	// Read once: the environment of the process at start, as http.ProxyFromEnvironment.
+	opts.ProxyEnvironment = httpproxy.FromEnvironment()
+	creds, err := resolver.NewCredentialStore(credentialStoreOptions(cfg.Upstream))
+	if err != nil {
+		return nil, err
+	}
+	opts.CredentialStore = creds
 	if ops != nil {
 		opts.ObserveUpstream = ops.metrics.UpstreamResponded
 		opts.ObserveTokenFetch = ops.metrics.TokenFetched
+		opts.ObserveBreaker = ops.metrics.UpstreamCircuit
 		evictionMetrics.Store(ops.metrics)
 	}
 	res, err := resolver.New(opts)
 	if err != nil {
 		return nil, err
 	}
-	handler, err := mirror.New(mirror.Options{
+	log.G(ctx).WithField("proxy", res.ProxyDescription()).Info("upstream forward proxy")
+	mopts := mirror.Options{
 		Store:             store,
 		Resolver:          res,
 		DefaultRegistry:   cfg.Mirror.DefaultRegistry,
@@ -131,12 +161,19 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		AccessCheckTTL:    cfg.Upstream.PrivateAccessTTL.D(),
 		VerifyBeforeServe: cfg.Mirror.VerifyBeforeServe,
 		Tags:              tagPolicy(cfg),
-	})
+		Observer:          observer,
+	}
+	if tier != nil {
+		if err := tier.wire(&mopts, cfg.Mirror.ReadTimeout.D()); err != nil {
+			return nil, err
+		}
+	}
+	handler, err := mirror.New(mopts)
 	if err != nil {
 		return nil, err
 	}
 	srv := &http.Server{
-		Handler:           ops.instrumentMirror(handler),
+		Handler:           handler,
 		ReadHeaderTimeout: cfg.Mirror.ReadTimeout.D(),
 		// Requests are small; nothing legitimate needs more than this in headers.
 		MaxHeaderBytes: 64 << 10,
@@ -151,15 +188,18 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	}
 	undo = append(undo, dbg.close)
 
-	aln, asrv, err := newAdmin(ctx, cfg, store, handler)
+	aln, asrv, err := newAdmin(ctx, cfg, store, handler, counters, tier)
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, containerd: containerdConn, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, containerd: containerdConn, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv, creds: creds, peer: tier}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
 func (s *Server) MirrorAddress() string { return s.mirrorListener.Addr().String() }
+
+// PeerAddress is the peer listener's address, or "" when the cluster tier is off.
+func (s *Server) PeerAddress() string { return s.peer.address() }
 
 // ContentAddress is the content API's socket, or "" when it is disabled.
 func (s *Server) ContentAddress() string {
@@ -193,9 +233,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.ops.serve(ctx)
 		fields["metrics"] = s.ops.address()
 	}
+	if s.peer != nil {
+		s.peer.serve(ctx)
+		fields["peer"] = s.peer.address()
+	}
 	log.G(ctx).WithFields(fields).Info("containerd-blobcache serving")
 	go s.debug.serve(ctx)
 	defer s.debug.close()
+	stopReload := s.reloadCredentials(ctx)
+	defer stopReload()
 	// Every listener was bound in New and is being served: connections are accepted.
 	s.ready(ctx)
 
@@ -228,11 +274,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(base, s.cfg.Mirror.ShutdownTimeout.D())
 	defer cancel()
+	peerDone := make(chan struct{})
+	go func() {
+		defer close(peerDone)
+		s.peer.shutdown(shutdownCtx)
+	}()
 	if err := s.mirrorServer.Shutdown(shutdownCtx); err != nil {
 		log.G(ctx).WithError(err).Warn("requests still running at the shutdown timeout; cutting them")
 		s.mirrorServer.Close()
 	}
 	<-done
+	<-peerDone
 	if s.content != nil {
 		if err := <-contentErr; err != nil {
 			serveErr = errors.Join(serveErr, fmt.Errorf("content server: %w", err))
@@ -260,6 +312,7 @@ func (s *Server) Close() error {
 	s.mirrorListener.Close()
 	s.debug.close()
 	s.adminListener.Close()
+	s.peer.close()
 	if s.content != nil {
 		s.content.Close()
 	}

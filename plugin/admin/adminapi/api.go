@@ -1,4 +1,4 @@
-package admin
+package adminapi
 
 import (
 	"time"
@@ -6,10 +6,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/mirror"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
-
-// The types below are the API's JSON, shared with the CLI: field names are stable.
 
 // Paths of the API.
 const (
@@ -23,10 +21,31 @@ const (
 
 // StatsResponse answers GET /v1/stats.
 type StatsResponse struct {
-	Store      StoreStats              `json:"store"`
+	// Version is the daemon's version (internal/version, set at build time).
+	Version string     `json:"version"`
+	Store   StoreStats `json:"store"`
+	// Total and Registries count the mirror's answers: Total includes requests refused
+	// before a registry was known.
 	Total      TrafficStats            `json:"total"`
 	Registries map[string]TrafficStats `json:"registries"`
-	Since      time.Time               `json:"since"`
+	// Content counts the content API's Info and Read calls (hits and misses) and its
+	// failed calls.
+	Content TrafficStats `json:"content"`
+	// Peer counts the blobs this node served to other nodes on the peer listener (cluster
+	// tier); the mirror's own misses filled by peers are PeerMisses and BytesFromPeer.
+	Peer TrafficStats `json:"peer"`
+	// Peers lists the cluster tier's nodes with their state; empty when the tier is off.
+	Peers []PeerStatus `json:"peers,omitempty"`
+	Since time.Time    `json:"since"`
+}
+
+// PeerStatus is one node of the cluster tier as this node sees it.
+type PeerStatus struct {
+	Address string `json:"address"`
+	// State is "self", "up" or "down".
+	State string `json:"state"`
+	// DownUntil is when a down peer is tried again.
+	DownUntil *time.Time `json:"downUntil,omitempty"`
 }
 
 // StoreStats is the state of the store.
@@ -41,9 +60,10 @@ type StoreStats struct {
 	Held      int64 `json:"held"`
 }
 
-// TrafficStats is what the mirror answered for a registry since the daemon started.
+// TrafficStats is what a surface (or the mirror for one registry) answered since the daemon
+// started.
 type TrafficStats struct {
-	mirror.RegistryStats
+	traffic.Stats
 	HitRatio float64 `json:"hitRatio"`
 }
 
@@ -70,10 +90,16 @@ type GCRequest struct {
 	Target int64 `json:"target"`
 }
 
+// GCResponse says what POST /v1/gc evicted.
+type GCResponse = blobcache.EvictResult
+
 // VerifyRequest is the body of POST /v1/verify; no digests means all blobs.
 type VerifyRequest struct {
 	Digests []digest.Digest `json:"digests,omitempty"`
 }
+
+// VerifyResponse says what POST /v1/verify found and repaired.
+type VerifyResponse = blobcache.VerifyReport
 
 // RemoveRequest is the body of POST /v1/rm: a digest, a tag (registry, repository, tag),
 // a repository (registry, repository) or a whole registry.
