@@ -20,7 +20,7 @@ func crash(t *testing.T, s *Store) {
 	s.mu.Unlock()
 	s.cancel()
 	s.bg.Wait()
-	if err := s.db.Close(); err != nil {
+	if err := s.idx.db.Close(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -114,37 +114,41 @@ func TestCrashBetweenSteps(t *testing.T) {
 	}
 }
 
-// TestVerifyDuringEviction: a blob evicted after verify listed the blob files is gone, not an
-// orphan (the kill loop's verify reported evicted blobs as orphans), and a record removed
-// while verify walks the records is not reported missing.
+// TestVerifyDuringEviction: blobs evicted while verify runs are gone, neither orphans nor
+// missing. The kill loop's verify reported blobs evicted after it listed the blob files as
+// orphans (their files were gone by the time it checked them); one evicted between its
+// record and its file would have been reported missing.
 func TestVerifyDuringEviction(t *testing.T) {
-	s := newTestStore(t)
-	dgsts := putN(t, s, 4, 100, 1)
-	removed := false
-	s.failpoint = func(p string) {
-		if p != fpVerifyListed || removed {
-			return
-		}
-		removed = true
-		res, err := s.Remove(t.Context(), dgsts[:2])
-		if err != nil || res.Blobs != 2 {
-			t.Errorf("Remove: %+v, %v", res, err)
-		}
+	for _, point := range []string{fpVerifyListed, fpVerifyRecord} {
+		t.Run(point, func(t *testing.T) {
+			s := newTestStore(t)
+			dgsts := putN(t, s, 4, 100, 1)
+			removed := false
+			s.failpoint = func(p string) {
+				if p != point || removed {
+					return
+				}
+				removed = true
+				if res, err := s.Remove(t.Context(), dgsts); err != nil || res.Blobs != len(dgsts) {
+					t.Errorf("Remove: %+v, %v", res, err)
+				}
+			}
+			rep, err := s.Verify(t.Context(), nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !removed {
+				t.Fatalf("verify never reached %s", point)
+			}
+			if len(rep.Orphans) != 0 || len(rep.Missing) != 0 {
+				t.Errorf("verify reported blobs evicted during its run as orphans %v / missing %v", rep.Orphans, rep.Missing)
+			}
+			for _, d := range dgsts {
+				if _, err := os.Stat(s.blobPath(d)); !os.IsNotExist(err) {
+					t.Errorf("removed blob %s has a file: %v", d, err)
+				}
+			}
+			assertConsistent(t, s)
+		})
 	}
-	rep, err := s.Verify(t.Context(), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !removed {
-		t.Fatal("verify never listed the blob files")
-	}
-	if len(rep.Orphans) != 0 || len(rep.Missing) != 0 {
-		t.Errorf("verify reported blobs evicted during its run as orphans %v / missing %v", rep.Orphans, rep.Missing)
-	}
-	for _, d := range dgsts[:2] {
-		if _, err := os.Stat(s.blobPath(d)); !os.IsNotExist(err) {
-			t.Errorf("removed blob %s has a file: %v", d, err)
-		}
-	}
-	assertConsistent(t, s)
 }

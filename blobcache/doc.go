@@ -13,6 +13,14 @@
 // evicted; a released one stays as cache. A blob file without a record (committed by that
 // writer) is adopted, with the size of the file, when it is held or labelled.
 //
+// Files by job: store.go (Open, Close, options), fill.go and fill_reader.go (downloads),
+// commit.go (verified files into blobs/), read.go and readers.go (the read path: pins,
+// access times, shared readers), evict.go, holds.go (the content API's holds and labels),
+// recover.go (crash recovery, index rebuild), maintenance.go (admin: list, remove, verify),
+// tags.go, and the index: index.go (schema, the index type), index_order.go (access order,
+// totals, tag references, intents within a transaction), index_tx.go and index_walk.go (every
+// bbolt transaction, one method each).
+//
 // sha256 and sha512 digests are stored (blobs/sha256, blobs/sha512); other algorithms are
 // refused as invalid arguments. The package knows nothing about HTTP, registries or auth;
 // callers hand it a FetchFunc that opens the upstream body.

@@ -1,7 +1,6 @@
 package blobcache
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 const (
@@ -53,6 +51,8 @@ func (s *Store) background(ctx context.Context) {
 	defer flush.Stop()
 	retry := time.NewTicker(s.opts.EvictRetryInterval)
 	defer retry.Stop()
+	idle := time.NewTicker(readerIdle / 2)
+	defer idle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -65,6 +65,8 @@ func (s *Store) background(ctx context.Context) {
 			s.autoEvict(ctx)
 		case <-retry.C:
 			s.autoEvict(ctx)
+		case now := <-idle.C:
+			s.readers.closeIdle(now.Add(-readerIdle))
 		}
 	}
 }
@@ -121,11 +123,7 @@ func (s *Store) autoEvict(ctx context.Context) {
 
 // Totals returns the size in bytes and the number of the blobs recorded in the index.
 func (s *Store) Totals() (size, count int64, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		size, count, err = totals(tx)
-		return err
-	})
-	return size, count, err
+	return s.idx.totals()
 }
 
 // flushAccess writes the access times kept in memory to the index in one transaction.
@@ -137,22 +135,7 @@ func (s *Store) flushAccess() error {
 	if len(touched) == 0 {
 		return nil
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for dgst, at := range touched {
-			rec, err := getBlob(tx, dgst)
-			if err != nil {
-				return err
-			}
-			if rec == nil || !at.After(rec.LastAccess) {
-				continue
-			}
-			rec.LastAccess = at
-			if err := putBlob(tx, dgst, rec); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return s.idx.writeAccess(touched)
 }
 
 // EvictTo removes least recently used blobs until the store's size is at most target
@@ -183,7 +166,7 @@ func (s *Store) EvictTo(ctx context.Context, target int64) (EvictResult, error) 
 		}
 		var held int
 		var cands []digest.Digest
-		cands, cursor, held, err = s.scanLRU(cursor, size-target)
+		cands, cursor, held, err = s.idx.scanLRU(cursor, size-target)
 		res.Held += held
 		if err != nil {
 			return res, fmt.Errorf("read index: %w", err)
@@ -204,50 +187,6 @@ func (s *Store) EvictTo(ctx context.Context, target int64) (EvictResult, error) 
 	return res, ctx.Err()
 }
 
-// scanLRU returns up to evictBatch blobs after cursor in access order, enough to free need
-// bytes, skipping held blobs, and the cursor to continue from.
-func (s *Store) scanLRU(cursor []byte, need int64) ([]digest.Digest, []byte, int, error) {
-	var cands []digest.Digest
-	held := 0
-	next := cursor
-	err := s.db.View(func(tx *bolt.Tx) error {
-		atime, err := subBucket(tx, bucketAtime)
-		if err != nil {
-			return err
-		}
-		c := atime.Cursor()
-		var k []byte
-		if cursor == nil {
-			k, _ = c.First()
-		} else if k, _ = c.Seek(cursor); k != nil && bytes.Equal(k, cursor) {
-			k, _ = c.Next()
-		}
-		var sum int64
-		for ; k != nil && len(cands) < evictBatch && sum < need; k, _ = c.Next() {
-			next = bytes.Clone(k)
-			if len(k) <= 8 {
-				continue
-			}
-			dgst := digest.Digest(k[8:])
-			rec, err := getBlob(tx, dgst)
-			if err != nil {
-				return err
-			}
-			if rec == nil {
-				continue
-			}
-			if rec.Held {
-				held++
-				continue
-			}
-			cands = append(cands, dgst)
-			sum += rec.Size
-		}
-		return nil
-	})
-	return cands, next, held, err
-}
-
 func (s *Store) beingRemoved(dgst digest.Digest) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -262,6 +201,8 @@ func (s *Store) beingRemoved(dgst digest.Digest) bool {
 // recently used.
 func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest, skipRecent bool) (EvictResult, error) {
 	var res EvictResult
+	// Shared readers nobody is using keep their blob pinned only as a cache: let them go.
+	s.readers.drop(dgsts)
 	s.mu.Lock()
 	take := make([]digest.Digest, 0, len(dgsts))
 	for _, d := range dgsts {
@@ -288,38 +229,12 @@ func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest, skipRece
 
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	var gone []digest.Digest
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		gone, res.Blobs, res.Bytes, res.Tags, res.Held = gone[:0], 0, 0, 0, 0
-		for _, d := range take {
-			rec, err := getBlob(tx, d)
-			if err != nil {
-				return err
-			}
-			if rec == nil {
-				continue
-			}
-			if rec.Held {
-				res.Held++
-				continue
-			}
-			if _, tags, err := deleteBlob(tx, d); err != nil {
-				return err
-			} else {
-				res.Tags += tags
-			}
-			if err := putIntent(tx, d); err != nil {
-				return err
-			}
-			gone = append(gone, d)
-			res.Blobs++
-			res.Bytes += rec.Size
-		}
-		return nil
-	})
+	gone, r, err := s.idx.removeWithIntent(take, true)
 	if err != nil {
 		return EvictResult{InUse: res.InUse}, storageFailed("remove blob records", err)
 	}
+	r.InUse = res.InUse
+	res = r
 	s.at(fpRemoveRecorded)
 	removed := gone[:0:0]
 	for _, d := range gone {
@@ -330,15 +245,7 @@ func (s *Store) removeBlobs(ctx context.Context, dgsts []digest.Digest, skipRece
 		removed = append(removed, d)
 	}
 	s.at(fpRemoveUnlinked)
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		for _, d := range removed {
-			if err := deleteIntent(tx, d); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.idx.deleteIntents(removed); err != nil {
 		log.G(ctx).WithError(err).Warn("cannot clear removal intents; they are completed at the next start")
 	}
 	return res, nil

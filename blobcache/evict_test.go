@@ -267,7 +267,7 @@ func TestEvictionDropsTagsOfManifest(t *testing.T) {
 func TestAccessTimesBatched(t *testing.T) {
 	s := openStore(t, Options{Root: t.TempDir(), AccessFlushInterval: time.Hour})
 	d := putN(t, s, 1, 10, 1)[0]
-	before, _ := s.lookup(d)
+	before, _ := s.idx.blob(d)
 	for range 100 {
 		f, _, err := s.OpenBlob(t.Context(), d)
 		if err != nil {
@@ -275,14 +275,14 @@ func TestAccessTimesBatched(t *testing.T) {
 		}
 		f.Close()
 	}
-	after, _ := s.lookup(d)
+	after, _ := s.idx.blob(d)
 	if !after.LastAccess.Equal(before.LastAccess) {
 		t.Error("a hit wrote its access time to the index at once")
 	}
 	if err := s.flushAccess(); err != nil {
 		t.Fatal(err)
 	}
-	flushed, _ := s.lookup(d)
+	flushed, _ := s.idx.blob(d)
 	if !flushed.LastAccess.After(before.LastAccess) {
 		t.Error("flush did not record the access time")
 	}
@@ -300,11 +300,11 @@ func TestCrashIntentsCompleted(t *testing.T) {
 	if err := os.WriteFile(s.blobPath(d), data, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.db.Update(func(tx *boltTx) error { return putIntent(tx, d) }); err != nil {
+	if err := s.idx.db.Update(func(tx *boltTx) error { return putIntent(tx, d) }); err != nil {
 		t.Fatal(err)
 	}
 	kept := putN(t, s, 1, 10, 7)[0]
-	if err := s.db.Update(func(tx *boltTx) error { return putIntent(tx, kept) }); err != nil {
+	if err := s.idx.db.Update(func(tx *boltTx) error { return putIntent(tx, kept) }); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -443,7 +443,7 @@ func TestMigrateSchema1(t *testing.T) {
 		t.Fatal(err)
 	}
 	putN(t, s, 5, 100, 1)
-	err = s.db.Update(func(tx *boltTx) error {
+	err = s.idx.db.Update(func(tx *boltTx) error {
 		v1 := tx.Bucket(bucketV1)
 		for _, name := range [][]byte{bucketAtime, bucketMeta, bucketTagRefs, bucketIntents} {
 			if err := v1.DeleteBucket(name); err != nil {
@@ -464,37 +464,5 @@ func TestMigrateSchema1(t *testing.T) {
 		t.Errorf("evict after migration: %+v %v", res, err)
 	}
 }
-
-func benchmarkOpen(b *testing.B, n int) {
-	root := b.TempDir()
-	if err := SeedRecords(context.Background(), root, n); err != nil {
-		b.Fatal(err)
-	}
-	var ms runtime.MemStats
-	var heap uint64
-	b.ResetTimer()
-	for b.Loop() {
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		before := ms.HeapAlloc
-		s, err := Open(context.Background(), Options{Root: root, MaxSize: 1 << 40})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, count, err := s.Totals(); err != nil || count != int64(n) {
-			b.Fatalf("totals: %d, %v", count, err)
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		heap = ms.HeapAlloc - min(before, ms.HeapAlloc)
-		s.Close()
-	}
-	b.ReportMetric(float64(heap)/1024, "heap-KiB")
-}
-
-// BenchmarkOpen10k and BenchmarkOpen100k: Open reads the totals, not the records, so time
-// and heap after Open do not grow with the number of blobs.
-func BenchmarkOpen10k(b *testing.B)  { benchmarkOpen(b, 10000) }
-func BenchmarkOpen100k(b *testing.B) { benchmarkOpen(b, 100000) }
 
 type boltTx = bolt.Tx

@@ -2,7 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Holds and labels are what the content API (plugin/content) keeps in the index. A blob
@@ -29,7 +27,7 @@ func (s *Store) Hold(ctx context.Context, dgst digest.Digest) (BlobInfo, error) 
 	}
 	// containerd asks again and again for the blobs it holds (every Read starts with an
 	// Info): those are answered with a read transaction.
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -71,26 +69,7 @@ func (s *Store) Release(ctx context.Context, dgst digest.Digest) error {
 
 // HeldBlobs lists the digests of the held blobs, in digest order. It reads the index only.
 func (s *Store) HeldBlobs(ctx context.Context) ([]digest.Digest, error) {
-	var held []digest.Digest
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b, err := subBucket(tx, bucketBlobs)
-		if err != nil {
-			return err
-		}
-		return b.ForEach(func(k, v []byte) error {
-			// Decoding only the flag keeps a walk over many records cheap.
-			var rec struct {
-				Held bool `json:"held"`
-			}
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode blob record %s: %w", k, errdefs.ErrDataLoss)
-			}
-			if rec.Held {
-				held = append(held, digest.Digest(k))
-			}
-			return nil
-		})
-	})
+	held, err := s.idx.held()
 	if err != nil {
 		return nil, fmt.Errorf("read index: %w", err)
 	}
@@ -102,7 +81,7 @@ func (s *Store) Labels(ctx context.Context, dgst digest.Digest) (map[string]stri
 	if err := validateDigest(dgst); err != nil {
 		return nil, err
 	}
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil || rec == nil {
 		return nil, err
 	}
@@ -181,52 +160,48 @@ func (s *Store) changeRecord(dgst digest.Digest, adopt bool, change func(*blobRe
 		return err
 	}
 	defer s.wg.Done()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		rec, err := getBlob(tx, dgst)
-		if err != nil {
-			return err
-		}
+	err := s.idx.modifyBlob(dgst, false, func(rec *blobRecord) (*blobRecord, error) {
 		switch {
 		case rec == nil:
 			if s.beingRemoved(dgst) {
-				return fmt.Errorf("blob %s: being removed: %w", dgst, errdefs.ErrNotFound)
+				return nil, fmt.Errorf("blob %s: being removed: %w", dgst, errdefs.ErrNotFound)
 			}
 			fi, err := os.Stat(s.blobPath(dgst))
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
+					return nil, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 				}
-				return storageFailed("stat blob "+dgst.String(), err)
+				return nil, storageFailed("stat blob "+dgst.String(), err)
 			}
 			if !fi.Mode().IsRegular() {
-				return fmt.Errorf("blob %s: not a regular file: %w", dgst, errdefs.ErrNotFound)
+				return nil, fmt.Errorf("blob %s: not a regular file: %w", dgst, errdefs.ErrNotFound)
 			}
 			if !adopt {
 				// Nothing recorded, so nothing to change.
-				return nil
+				return nil, nil
 			}
 			now := time.Now().UTC()
 			rec = &blobRecord{Size: fi.Size(), CreatedAt: now, LastAccess: now}
 			change(rec)
 		case adopt:
 			if err := s.checkFile(dgst, rec.Size); err != nil {
-				return err
+				return nil, err
 			}
 			if !change(rec) {
 				if out != nil {
 					*out = rec
 				}
-				return nil
+				return nil, nil
 			}
 		default:
 			if !change(rec) {
-				return nil
+				return nil, nil
 			}
 		}
 		if out != nil {
 			*out = rec
 		}
-		return putBlob(tx, dgst, rec)
+		return rec, nil
 	})
 	if err != nil && !errdefs.IsNotFound(err) && !errors.Is(err, ErrStorage) {
 		return fmt.Errorf("update index: %w", err)

@@ -102,19 +102,54 @@ func (r *blobRecord) addSource(src Source) bool {
 	return true
 }
 
-func initIndex(db *bolt.DB) error {
-	return db.Update(func(tx *bolt.Tx) error {
-		v1, err := tx.CreateBucketIfNotExists(bucketV1)
-		if err != nil {
+// index is the store's bbolt index and the only code that opens its transactions (this file
+// and index_*.go): each of its methods is one transaction. The Store decides what changes
+// and when (its locks, the files); the index keeps the records, the access order, the totals,
+// the tags and the intents in step within each transaction.
+type index struct {
+	db *bolt.DB
+}
+
+// openBolt opens (creating) the index file and brings its buckets up to date, turning a
+// panic inside bbolt (which it raises on some corrupt pages) into an error.
+func openBolt(path string) (x *index, err error) {
+	var db *bolt.DB
+	defer func() {
+		if r := recover(); r != nil {
+			if db != nil {
+				db.Close()
+			}
+			x, err = nil, fmt.Errorf("index unreadable: %v: %w", r, errdefs.ErrDataLoss)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: indexLockTimeout})
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Update(initIndex); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("initialise index: %w", err)
+	}
+	if err := db.Update(migrateIndex); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate index: %w", err)
+	}
+	return &index{db: db}, nil
+}
+
+func (x *index) close() error { return x.db.Close() }
+
+func initIndex(tx *bolt.Tx) error {
+	v1, err := tx.CreateBucketIfNotExists(bucketV1)
+	if err != nil {
+		return err
+	}
+	for _, name := range [][]byte{bucketBlobs, bucketTags, bucketAtime, bucketMeta, bucketTagRefs, bucketIntents} {
+		if _, err := v1.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
-		for _, name := range [][]byte{bucketBlobs, bucketTags, bucketAtime, bucketMeta, bucketTagRefs, bucketIntents} {
-			if _, err := v1.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 func subBucket(tx *bolt.Tx, name []byte) (*bolt.Bucket, error) {

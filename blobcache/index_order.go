@@ -219,60 +219,74 @@ func deleteTagRecord(tx *bolt.Tx, key []byte) (bool, error) {
 	return true, tags.Delete(key)
 }
 
+func putIntent(tx *bolt.Tx, dgst digest.Digest) error {
+	b, err := subBucket(tx, bucketIntents)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(dgst), nil)
+}
+
+func deleteIntent(tx *bolt.Tx, dgst digest.Digest) error {
+	b, err := subBucket(tx, bucketIntents)
+	if err != nil {
+		return err
+	}
+	return b.Delete([]byte(dgst))
+}
+
 // migrateIndex brings an index written before schema 2 up to date: it rebuilds the access
 // order, the totals and the tag back-references from the records. It runs once, in one
 // transaction, so a crash during it leaves the old schema to be migrated again.
-func migrateIndex(db *bolt.DB) error {
-	return db.Update(func(tx *bolt.Tx) error {
-		meta, err := subBucket(tx, bucketMeta)
-		if err != nil {
+func migrateIndex(tx *bolt.Tx) error {
+	meta, err := subBucket(tx, bucketMeta)
+	if err != nil {
+		return err
+	}
+	if getInt(meta, metaSchema) == indexSchema {
+		return nil
+	}
+	v1 := tx.Bucket(bucketV1)
+	for _, name := range [][]byte{bucketAtime, bucketTagRefs} {
+		if err := v1.DeleteBucket(name); err != nil {
 			return err
 		}
-		if getInt(meta, metaSchema) == indexSchema {
-			return nil
-		}
-		v1 := tx.Bucket(bucketV1)
-		for _, name := range [][]byte{bucketAtime, bucketTagRefs} {
-			if err := v1.DeleteBucket(name); err != nil {
-				return err
-			}
-			if _, err := v1.CreateBucket(name); err != nil {
-				return err
-			}
-		}
-		blobs, _ := subBucket(tx, bucketBlobs)
-		atime, _ := subBucket(tx, bucketAtime)
-		var size, count int64
-		err = blobs.ForEach(func(k, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode blob record %s: %w", k, errdefs.ErrDataLoss)
-			}
-			size += rec.Size
-			count++
-			return atime.Put(atimeKey(rec.LastAccess, digest.Digest(k)), nil)
-		})
-		if err != nil {
+		if _, err := v1.CreateBucket(name); err != nil {
 			return err
 		}
-		tags, _ := subBucket(tx, bucketTags)
-		refs, _ := subBucket(tx, bucketTagRefs)
-		err = tags.ForEach(func(k, v []byte) error {
-			var tr tagRecord
-			if err := json.Unmarshal(v, &tr); err != nil {
-				return fmt.Errorf("decode tag record: %w", errdefs.ErrDataLoss)
-			}
-			return refs.Put(tagRefKey(tr.Digest, k), nil)
-		})
-		if err != nil {
-			return err
+	}
+	blobs, _ := subBucket(tx, bucketBlobs)
+	atime, _ := subBucket(tx, bucketAtime)
+	var size, count int64
+	err = blobs.ForEach(func(k, v []byte) error {
+		var rec blobRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("decode blob record %s: %w", k, errdefs.ErrDataLoss)
 		}
-		if err := putInt(meta, metaBytes, size); err != nil {
-			return err
-		}
-		if err := putInt(meta, metaCount, count); err != nil {
-			return err
-		}
-		return putInt(meta, metaSchema, indexSchema)
+		size += rec.Size
+		count++
+		return atime.Put(atimeKey(rec.LastAccess, digest.Digest(k)), nil)
 	})
+	if err != nil {
+		return err
+	}
+	tags, _ := subBucket(tx, bucketTags)
+	refs, _ := subBucket(tx, bucketTagRefs)
+	err = tags.ForEach(func(k, v []byte) error {
+		var tr tagRecord
+		if err := json.Unmarshal(v, &tr); err != nil {
+			return fmt.Errorf("decode tag record: %w", errdefs.ErrDataLoss)
+		}
+		return refs.Put(tagRefKey(tr.Digest, k), nil)
+	})
+	if err != nil {
+		return err
+	}
+	if err := putInt(meta, metaBytes, size); err != nil {
+		return err
+	}
+	if err := putInt(meta, metaCount, count); err != nil {
+		return err
+	}
+	return putInt(meta, metaSchema, indexSchema)
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
@@ -29,12 +28,12 @@ const rebuildBatch = 1000
 // from the blob files, as is a missing index when blob files exist: the daemon starts with
 // the blobs it has instead of failing again at every restart. Only a lock held by another
 // process is an error. holdRebuilt records the rebuilt blobs as held (Options.HoldRebuilt).
-func openIndex(ctx context.Context, root string, holdRebuilt bool) (*bolt.DB, error) {
+func openIndex(ctx context.Context, root string, holdRebuilt bool) (*index, error) {
 	dbPath := filepath.Join(root, indexFile)
 	_, statErr := os.Stat(dbPath)
 	missing := errors.Is(statErr, fs.ErrNotExist)
 
-	db, err := tryOpenIndex(dbPath)
+	x, err := openBolt(dbPath)
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open index %s: locked by another process after %s (is another containerd-blobcache using root %s?): %w",
 			dbPath, indexLockTimeout, root, errdefs.ErrUnavailable)
@@ -47,7 +46,7 @@ func openIndex(ctx context.Context, root string, holdRebuilt bool) (*bolt.DB, er
 		if rerr := os.Rename(dbPath, aside); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			return nil, fmt.Errorf("move damaged index %s aside: %w", dbPath, rerr)
 		}
-		if db, err = tryOpenIndex(dbPath); err != nil {
+		if x, err = openBolt(dbPath); err != nil {
 			return nil, fmt.Errorf("create new index %s: %w", dbPath, err)
 		}
 		rebuild = true
@@ -61,41 +60,15 @@ func openIndex(ctx context.Context, root string, holdRebuilt bool) (*bolt.DB, er
 	}
 	if rebuild {
 		start := time.Now()
-		n, err := rebuildIndex(db, root, holdRebuilt)
+		n, err := rebuildIndex(x, root, holdRebuilt)
 		if err != nil {
-			db.Close()
+			x.close()
 			return nil, fmt.Errorf("rebuild index %s: %w", dbPath, err)
 		}
 		log.G(ctx).WithFields(log.Fields{"blobs": n, "held": holdRebuilt, "duration": time.Since(start).Round(time.Millisecond)}).
 			Info("index rebuilt from blob files; each blob is hashed before it is first served")
 	}
-	return db, nil
-}
-
-// tryOpenIndex opens and initialises the index, turning a panic inside bbolt (which it
-// raises on some corrupt pages) into an error.
-func tryOpenIndex(dbPath string) (db *bolt.DB, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			if db != nil {
-				db.Close()
-			}
-			db, err = nil, fmt.Errorf("index unreadable: %v: %w", r, errdefs.ErrDataLoss)
-		}
-	}()
-	db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: indexLockTimeout})
-	if err != nil {
-		return nil, err
-	}
-	if err := initIndex(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("initialise index: %w", err)
-	}
-	if err := migrateIndex(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("migrate index: %w", err)
-	}
-	return db, nil
+	return x, nil
 }
 
 func hasBlobFiles(dir string) bool {
@@ -113,10 +86,10 @@ func hasBlobFiles(dir string) bool {
 // oldest are evicted first. Tags, sources and labels are lost (tags are fetched again, a
 // blob of unknown source is private until an upstream check); with held, every blob is
 // recorded as held, since which ones containerd held is lost too.
-func rebuildIndex(db *bolt.DB, root string, held bool) (int, error) {
+func rebuildIndex(x *index, root string, held bool) (int, error) {
 	n := 0
 	for _, alg := range storedAlgorithms {
-		m, err := rebuildAlgorithm(db, root, alg, held)
+		m, err := rebuildAlgorithm(x, root, alg, held)
 		n += m
 		if err != nil {
 			return n, err
@@ -125,7 +98,7 @@ func rebuildIndex(db *bolt.DB, root string, held bool) (int, error) {
 	return n, nil
 }
 
-func rebuildAlgorithm(db *bolt.DB, root string, alg digest.Algorithm, held bool) (int, error) {
+func rebuildAlgorithm(x *index, root string, alg digest.Algorithm, held bool) (int, error) {
 	entries, err := os.ReadDir(blobDir(root, alg))
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -137,81 +110,41 @@ func rebuildAlgorithm(db *bolt.DB, root string, alg digest.Algorithm, held bool)
 	for len(entries) > 0 {
 		batch := entries[:min(rebuildBatch, len(entries))]
 		entries = entries[len(batch):]
-		err := db.Update(func(tx *bolt.Tx) error {
-			for _, e := range batch {
-				dgst := digest.NewDigestFromEncoded(alg, e.Name())
-				if !e.Type().IsRegular() || dgst.Validate() != nil {
-					continue
-				}
-				fi, err := e.Info()
-				if err != nil {
-					continue
-				}
-				t := fi.ModTime().UTC()
-				rec := &blobRecord{Size: fi.Size(), CreatedAt: t, LastAccess: t, Unverified: true, Held: held}
-				if err := putBlob(tx, dgst, rec); err != nil {
-					return err
-				}
-				n++
+		recs := make(map[digest.Digest]*blobRecord, len(batch))
+		for _, e := range batch {
+			dgst := digest.NewDigestFromEncoded(alg, e.Name())
+			if !e.Type().IsRegular() || dgst.Validate() != nil {
+				continue
 			}
-			return nil
-		})
-		if err != nil {
+			fi, err := e.Info()
+			if err != nil {
+				continue
+			}
+			t := fi.ModTime().UTC()
+			recs[dgst] = &blobRecord{Size: fi.Size(), CreatedAt: t, LastAccess: t, Unverified: true, Held: held}
+		}
+		if err := x.putBlobs(recs); err != nil {
 			return n, err
 		}
+		n += len(recs)
 	}
 	return n, nil
-}
-
-func putIntent(tx *bolt.Tx, dgst digest.Digest) error {
-	b, err := subBucket(tx, bucketIntents)
-	if err != nil {
-		return err
-	}
-	return b.Put([]byte(dgst), nil)
-}
-
-func deleteIntent(tx *bolt.Tx, dgst digest.Digest) error {
-	b, err := subBucket(tx, bucketIntents)
-	if err != nil {
-		return err
-	}
-	return b.Delete([]byte(dgst))
 }
 
 // finishIntents completes what a crash interrupted: a blob file renamed in or being removed
 // whose record does not exist is removed. There are only as many intents as commits and
 // removals were running, so this costs nothing at a normal start.
 func (s *Store) finishIntents(ctx context.Context) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := subBucket(tx, bucketIntents)
-		if err != nil {
-			return err
-		}
-		var pending []digest.Digest
-		if err := b.ForEach(func(k, _ []byte) error {
-			pending = append(pending, digest.Digest(k))
+	return s.idx.finishIntents(func(dgst digest.Digest) error {
+		if validateDigest(dgst) != nil {
 			return nil
-		}); err != nil {
-			return err
 		}
-		for _, dgst := range pending {
-			rec, err := getBlob(tx, dgst)
-			if err != nil {
-				return err
-			}
-			if rec == nil && validateDigest(dgst) == nil {
-				err := os.Remove(s.blobPath(dgst))
-				if err != nil && !errors.Is(err, fs.ErrNotExist) {
-					return fmt.Errorf("remove unrecorded blob %s: %w", dgst, err)
-				}
-				if err == nil {
-					log.G(ctx).WithField("digest", dgst).Info("removed a blob file whose commit or removal a crash interrupted")
-				}
-			}
-			if err := b.Delete([]byte(dgst)); err != nil {
-				return err
-			}
+		err := os.Remove(s.blobPath(dgst))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove unrecorded blob %s: %w", dgst, err)
+		}
+		if err == nil {
+			log.G(ctx).WithField("digest", dgst).Info("removed a blob file whose commit or removal a crash interrupted")
 		}
 		return nil
 	})
@@ -244,24 +177,23 @@ func (s *Store) verifyOpened(ctx context.Context, f *os.File, dgst digest.Digest
 
 // quarantine moves the file of dgst into root/quarantine and drops its record and tags.
 func (s *Store) quarantine(dgst digest.Digest) error {
+	s.readers.drop([]digest.Digest{dgst})
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	dir := filepath.Join(s.root, quarantineDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		if _, _, err := deleteBlob(tx, dgst); err != nil {
-			return err
-		}
-		return putIntent(tx, dgst)
-	})
-	if err != nil {
+	// The intent covers a file without a record too (an orphan being quarantined).
+	if err := s.idx.putIntent(dgst); err != nil {
 		return err
 	}
-	err = os.Rename(s.blobPath(dgst), filepath.Join(dir, dgst.Encoded()))
+	if _, _, err := s.idx.removeWithIntent([]digest.Digest{dgst}, false); err != nil {
+		return err
+	}
+	err := os.Rename(s.blobPath(dgst), filepath.Join(dir, dgst.Encoded()))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return deleteIntent(tx, dgst) })
+	return s.idx.deleteIntents([]digest.Digest{dgst})
 }

@@ -83,7 +83,7 @@ func TestSHA512Blobs(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Error("rebuilt sha512 blob served other bytes")
 	}
-	if rec, _ := s.lookup(d); rec == nil || rec.Unverified {
+	if rec, _ := s.idx.blob(d); rec == nil || rec.Unverified {
 		t.Errorf("sha512 blob not verified at first open: %+v", rec)
 	}
 

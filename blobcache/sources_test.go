@@ -21,7 +21,7 @@ func TestSourceRecordsWithoutAnonymousFlagReadPrivate(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw blobRecord
-	if err := s.db.View(func(tx *bolt.Tx) error {
+	if err := s.idx.db.View(func(tx *bolt.Tx) error {
 		b, err := subBucket(tx, bucketBlobs)
 		if err != nil {
 			return err
@@ -36,7 +36,7 @@ func TestSourceRecordsWithoutAnonymousFlagReadPrivate(t *testing.T) {
 
 	// An old record: {"registry","repository"} without any flag.
 	old := `{"size":512,"createdAt":"2026-01-01T00:00:00Z","lastAccess":"2026-01-01T00:00:00Z","sources":[{"registry":"r.example","repository":"old"}]}`
-	if err := s.db.Update(func(tx *bolt.Tx) error {
+	if err := s.idx.db.Update(func(tx *bolt.Tx) error {
 		b, err := subBucket(tx, bucketBlobs)
 		if err != nil {
 			return err

@@ -2,10 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // FillStats is a snapshot of the downloads in progress.
@@ -63,37 +59,8 @@ func (s *Store) IndexStats(ctx context.Context) (IndexStats, error) {
 		return IndexStats{}, err
 	}
 	defer s.wg.Done()
-	var st IndexStats
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v1 := tx.Bucket(bucketV1)
-		if v1 == nil {
-			return nil
-		}
-		if blobs := v1.Bucket(bucketBlobs); blobs != nil {
-			err := blobs.ForEach(func(k, v []byte) error {
-				var rec struct {
-					Size int64 `json:"size"`
-					Held bool  `json:"held,omitempty"`
-				}
-				if err := json.Unmarshal(v, &rec); err != nil {
-					return fmt.Errorf("blob record %s: %w", k, err)
-				}
-				st.Blobs++
-				st.Bytes += rec.Size
-				if rec.Held {
-					st.HeldBlobs++
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		if tags := v1.Bucket(bucketTags); tags != nil {
-			st.Tags = int64(tags.Stats().KeyN)
-		}
-		return nil
-	})
+	c, err := s.idx.count()
+	st := IndexStats{Blobs: c.blobs, Bytes: c.bytes, HeldBlobs: c.held, Tags: c.tags}
 	if err != nil {
 		return IndexStats{}, storageFailed("read index statistics", err)
 	}

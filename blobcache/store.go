@@ -1,11 +1,9 @@
 package blobcache
 
 import (
-	"bytes"
 	"context"
 	_ "crypto/sha256" // the stored digest algorithms (storedAlgorithms)
 	_ "crypto/sha512"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,7 +18,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 const (
@@ -109,7 +106,7 @@ type TagRecord struct {
 // Store (in any process) may have a root open at a time.
 type Store struct {
 	root string
-	db   *bolt.DB
+	idx  *index
 	opts Options
 
 	// ctx lives until Close; fills derive their download context from it so that Close
@@ -136,6 +133,9 @@ type Store struct {
 	evicting map[digest.Digest]struct{}
 	touched  map[digest.Digest]time.Time
 
+	// readers are the shared open files of OpenReader.
+	readers readerCache
+
 	// evictMu lets one eviction (or removal) run at a time; evictNow wakes the evictor.
 	evictMu  sync.Mutex
 	evictNow chan struct{}
@@ -160,6 +160,7 @@ const (
 	fpCommitRenamed  = "commit-renamed"  // blob file renamed in, record not yet written
 	fpRemoveRecorded = "remove-recorded" // records deleted and intents written, files still there
 	fpRemoveUnlinked = "remove-unlinked" // files removed, intents not yet cleared
+	fpVerifyRecord   = "verify-record"   // verify found a record, its file not yet hashed
 	fpVerifyListed   = "verify-listed"   // verify listed the blob files, none checked yet
 )
 
@@ -194,19 +195,19 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 
 	// The index lock must be held before fills/ is cleaned: otherwise a second daemon
 	// started by mistake would delete the running one's downloads before failing.
-	db, err := openIndex(ctx, root, opts.HoldRebuilt)
+	idx, err := openIndex(ctx, root, opts.HoldRebuilt)
 	if err != nil {
 		return nil, err
 	}
 	if err := resetFills(ctx, filepath.Join(root, fillsDir)); err != nil {
-		db.Close()
+		idx.close()
 		return nil, err
 	}
 
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Store{
 		root:     root,
-		db:       db,
+		idx:      idx,
 		opts:     opts,
 		ctx:      sctx,
 		cancel:   cancel,
@@ -219,7 +220,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if err := s.finishIntents(ctx); err != nil {
 		cancel()
-		db.Close()
+		idx.close()
 		return nil, err
 	}
 	s.bg.Add(1)
@@ -262,6 +263,7 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 
 	s.cancel()
+	s.readers.close()
 	for _, f := range fills {
 		f.fail(fillFailed("fill of %s: store closed", f.dgst))
 	}
@@ -270,7 +272,7 @@ func (s *Store) Close() error {
 	if err := s.flushAccess(); err != nil {
 		log.G(s.ctx).WithError(err).Warn("cannot record access times at close")
 	}
-	return s.db.Close()
+	return s.idx.close()
 }
 
 // Root returns the store's directory.
@@ -317,25 +319,12 @@ func validateDigest(dgst digest.Digest) error {
 	return nil
 }
 
-func (s *Store) lookup(dgst digest.Digest) (*blobRecord, error) {
-	var rec *blobRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		rec, err = getBlob(tx, dgst)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read index: %w", err)
-	}
-	return rec, nil
-}
-
 // Info returns the index record of a committed blob.
 func (s *Store) Info(ctx context.Context, dgst digest.Digest) (BlobInfo, error) {
 	if err := validateDigest(dgst); err != nil {
 		return BlobInfo{}, err
 	}
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -343,120 +332,6 @@ func (s *Store) Info(ctx context.Context, dgst digest.Digest) (BlobInfo, error) 
 		return BlobInfo{}, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 	}
 	return rec.info(dgst), nil
-}
-
-// Blob is a committed blob opened for reading. While it is open the blob is not removed
-// (eviction skips it and tries again later); Close releases it.
-type Blob struct {
-	*os.File
-	once    sync.Once
-	release func()
-}
-
-// Close closes the file and lets the blob be evicted again.
-func (b *Blob) Close() error {
-	err := b.File.Close()
-	b.once.Do(b.release)
-	return err
-}
-
-// OpenBlob opens a committed blob for reading; the caller closes it. A blob whose
-// record and file disagree (file missing or of another size) is reported as not found, so
-// that it is fetched again rather than served truncated. A blob whose record was rebuilt
-// from its file is hashed first; one that does not match its name is quarantined.
-func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, BlobInfo, error) {
-	if err := validateDigest(dgst); err != nil {
-		return nil, BlobInfo{}, err
-	}
-	unpin, err := s.pin(dgst)
-	if err != nil {
-		return nil, BlobInfo{}, err
-	}
-	f, info, err := s.openPinned(ctx, dgst)
-	if err != nil {
-		unpin()
-		return nil, BlobInfo{}, err
-	}
-	return &Blob{File: f, release: unpin}, info, nil
-}
-
-// pin counts one more reader of dgst and records the access.
-func (s *Store) pin(dgst digest.Digest) (func(), error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, errClosed
-	}
-	if _, ok := s.evicting[dgst]; ok {
-		return nil, fmt.Errorf("blob %s: being removed: %w", dgst, errdefs.ErrNotFound)
-	}
-	s.pins[dgst]++
-	s.touched[dgst] = time.Now().UTC()
-	if len(s.touched) >= flushBatch {
-		select {
-		case s.flushNow <- struct{}{}:
-		default:
-		}
-	}
-	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.pins[dgst]--; s.pins[dgst] <= 0 {
-			delete(s.pins, dgst)
-		}
-	}, nil
-}
-
-func (s *Store) openPinned(ctx context.Context, dgst digest.Digest) (*os.File, BlobInfo, error) {
-	rec, err := s.lookup(dgst)
-	if err != nil {
-		return nil, BlobInfo{}, err
-	}
-	if rec == nil {
-		return nil, BlobInfo{}, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
-	}
-	p := s.blobPath(dgst)
-	f, err := os.Open(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			log.G(ctx).WithField("digest", dgst).Warn("index has a blob whose file is missing")
-			return nil, BlobInfo{}, fmt.Errorf("blob %s: file missing: %w", dgst, errdefs.ErrNotFound)
-		}
-		return nil, BlobInfo{}, fmt.Errorf("open blob %s: %w", dgst, err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, BlobInfo{}, fmt.Errorf("stat blob %s: %w", dgst, err)
-	}
-	if fi.Size() != rec.Size {
-		f.Close()
-		log.G(ctx).WithFields(log.Fields{"digest": dgst, "size": fi.Size(), "expected": rec.Size}).Warn("blob file has the wrong size, ignoring it")
-		return nil, BlobInfo{}, fmt.Errorf("blob %s: file size %d, recorded %d: %w", dgst, fi.Size(), rec.Size, errdefs.ErrNotFound)
-	}
-	if rec.Unverified {
-		if err := s.verifyOpened(ctx, f, dgst); err != nil {
-			f.Close()
-			return nil, BlobInfo{}, err
-		}
-	}
-	return f, rec.info(dgst), nil
-}
-
-// present reports whether dgst is committed: recorded in the index and its file there.
-func (s *Store) present(dgst digest.Digest) (bool, error) {
-	rec, err := s.lookup(dgst)
-	if err != nil || rec == nil {
-		return false, err
-	}
-	fi, err := os.Stat(s.blobPath(dgst))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, nil
-		}
-		return false, err
-	}
-	return fi.Size() == rec.Size, nil
 }
 
 // AddSource records one more source of a committed blob.
@@ -468,7 +343,7 @@ func (s *Store) AddSource(ctx context.Context, dgst digest.Digest, src Source) e
 		return fmt.Errorf("source %+v: registry and repository are required: %w", src, errdefs.ErrInvalidArgument)
 	}
 	// Most calls repeat a known source; a read transaction keeps them off the writer lock.
-	rec, err := s.lookup(dgst)
+	rec, err := s.idx.blob(dgst)
 	if err != nil {
 		return err
 	}
@@ -484,202 +359,17 @@ func (s *Store) AddSource(ctx context.Context, dgst digest.Digest, src Source) e
 // updateBlob applies change to the record of dgst in one write transaction, writing only if
 // change reports a difference.
 func (s *Store) updateBlob(dgst digest.Digest, change func(*blobRecord) bool) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		rec, err := getBlob(tx, dgst)
-		if err != nil {
-			return err
-		}
+	err := s.idx.modifyBlob(dgst, false, func(rec *blobRecord) (*blobRecord, error) {
 		if rec == nil {
-			return fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
+			return nil, fmt.Errorf("blob %s: %w", dgst, errdefs.ErrNotFound)
 		}
 		if !change(rec) {
-			return nil
+			return nil, nil
 		}
-		return putBlob(tx, dgst, rec)
+		return rec, nil
 	})
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("update index: %w", err)
 	}
 	return err
-}
-
-// PutBlob stores a small object given in full (manifests and configs; it is written with
-// one call, so keep it to a few MiB). data must match dgst, otherwise nothing is stored.
-// When dgst is already committed, only src and (if unset) the media type are recorded.
-func (s *Store) PutBlob(ctx context.Context, dgst digest.Digest, mediaType string, src Source, data []byte) error {
-	if err := validateDigest(dgst); err != nil {
-		return err
-	}
-	if got := dgst.Algorithm().FromBytes(data); got != dgst {
-		return fmt.Errorf("data has digest %s, expected %s: %w", got, dgst, errdefs.ErrInvalidArgument)
-	}
-	if err := s.enter(); err != nil {
-		return err
-	}
-	defer s.wg.Done()
-
-	present, err := s.present(dgst)
-	if err != nil {
-		return storageFailed("check blob "+dgst.String(), err)
-	}
-	if present {
-		err := s.updateBlob(dgst, func(rec *blobRecord) bool {
-			changed := rec.addSource(src)
-			if rec.MediaType == "" && mediaType != "" {
-				rec.MediaType = mediaType
-				changed = true
-			}
-			return changed
-		})
-		if err == nil || !errdefs.IsNotFound(err) {
-			return err
-		}
-		// Removed in between: store it again below.
-	}
-
-	file, err := os.CreateTemp(s.fillsPath(), dgst.Encoded()+"-put-*")
-	if err != nil {
-		return storageFailed("create fill file", err)
-	}
-	defer file.Close()
-	if _, err := io.Copy(file, bytes.NewReader(data)); err != nil {
-		os.Remove(file.Name())
-		return storageFailed("write fill file", err)
-	}
-	if err := s.commit(ctx, file, dgst, int64(len(data)), mediaType, src); err != nil {
-		os.Remove(file.Name())
-		return err
-	}
-	return nil
-}
-
-// commit makes the verified fill file the blob of dgst: fsync, rename into blobs/<alg>,
-// fsync the directory, then record it. The file must have been verified already. On error
-// the caller removes the fill file; a blob file renamed in by this call is removed again
-// when it could not be recorded, so the index never lacks a file it would serve.
-func (s *Store) commit(ctx context.Context, file *os.File, dgst digest.Digest, size int64, mediaType string, src Source) error {
-	if err := file.Sync(); err != nil {
-		return storageFailed("sync fill file", err)
-	}
-	// Read-only like containerd's local store, which this layout is shared with.
-	if err := file.Chmod(0o444); err != nil {
-		return storageFailed("chmod fill file", err)
-	}
-
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
-
-	target := s.blobPath(dgst)
-	renamed := false
-	fi, err := os.Stat(target)
-	switch {
-	case err == nil && fi.Size() == size:
-		// Already on disk (committed earlier, or by a concurrent PutBlob): same bytes.
-		if err := os.Remove(file.Name()); err != nil {
-			log.G(ctx).WithError(err).WithField("path", file.Name()).Warn("cannot remove duplicate fill file")
-		}
-	case err == nil || errors.Is(err, fs.ErrNotExist):
-		// Missing, or a file of the wrong size that no verified commit can have left:
-		// replace it. The intent makes a crash between the rename and the record end
-		// with the file removed at the next start, not kept unrecorded.
-		if err := s.db.Update(func(tx *bolt.Tx) error { return putIntent(tx, dgst) }); err != nil {
-			return storageFailed("record commit intent", err)
-		}
-		if err := os.Rename(file.Name(), target); err != nil {
-			return storageFailed("rename fill into blobs", err)
-		}
-		renamed = true
-		if err := syncDir(filepath.Dir(target)); err != nil {
-			os.Remove(target)
-			return storageFailed("sync blobs directory", err)
-		}
-		s.at(fpCommitRenamed)
-	default:
-		return storageFailed("stat blob", err)
-	}
-
-	now := time.Now().UTC()
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		rec, err := getBlob(tx, dgst)
-		if err != nil {
-			return err
-		}
-		if rec == nil {
-			rec = &blobRecord{CreatedAt: now}
-		}
-		rec.Size = size
-		if rec.MediaType == "" {
-			rec.MediaType = mediaType
-		}
-		rec.LastAccess = now
-		rec.Unverified = false
-		rec.addSource(src)
-		if err := putBlob(tx, dgst, rec); err != nil {
-			return err
-		}
-		return deleteIntent(tx, dgst)
-	})
-	if err != nil {
-		if renamed {
-			os.Remove(target)
-		}
-		return storageFailed("record blob in index", err)
-	}
-	s.maybeEvict()
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// PutTag records what registry/repository:tag resolved to.
-func (s *Store) PutTag(ctx context.Context, registry, repository, tag string, rec TagRecord) error {
-	if err := validateTagKey(registry, repository, tag); err != nil {
-		return err
-	}
-	if err := validateDigest(rec.Digest); err != nil {
-		return err
-	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		return putTagRecord(tx, tagKey(registry, repository, tag), tagRecord(rec))
-	})
-	if err != nil {
-		return fmt.Errorf("record tag: %w", err)
-	}
-	return nil
-}
-
-// GetTag returns what registry/repository:tag resolved to when last recorded.
-func (s *Store) GetTag(ctx context.Context, registry, repository, tag string) (TagRecord, error) {
-	if err := validateTagKey(registry, repository, tag); err != nil {
-		return TagRecord{}, err
-	}
-	var rec tagRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b, err := subBucket(tx, bucketTags)
-		if err != nil {
-			return err
-		}
-		v := b.Get(tagKey(registry, repository, tag))
-		if v == nil {
-			return fmt.Errorf("tag %s/%s:%s: %w", registry, repository, tag, errdefs.ErrNotFound)
-		}
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("decode tag record: %w", errdefs.ErrDataLoss)
-		}
-		return nil
-	})
-	if err != nil {
-		return TagRecord{}, err
-	}
-	return TagRecord(rec), nil
 }

@@ -143,7 +143,7 @@ func TestPrivateContentMatrix(t *testing.T) {
 	}
 	harness.WaitFor(t, "blobs committed", 30*time.Second, 20*time.Millisecond, func() error {
 		for _, b := range blobs {
-			if !e.daemon.HasBlob(b.Digest, b.Size) {
+			if !e.daemon.Cached(t, b.Digest, b.Size) {
 				return fmt.Errorf("%s not stored", b.Digest)
 			}
 		}

@@ -67,7 +67,7 @@ func TestPrefetchThenPullFromCache(t *testing.T) {
 		t.Errorf("prefetch output lacks the resolution or the end:\n%s", out)
 	}
 	for _, b := range amd.Blobs() {
-		if !d.HasBlob(b.Digest, b.Size) {
+		if !d.Cached(t, b.Digest, b.Size) {
 			t.Errorf("prefetch did not store %s", b.Digest)
 		}
 	}
@@ -187,7 +187,7 @@ func TestPrefetchThenPullFromCache(t *testing.T) {
 		t.Fatalf("GET after rm: %v %+v", err, r)
 	}
 	harness.WaitFor(t, "refetched blob recorded", time.Minute, 50*time.Millisecond, func() error {
-		if !d.HasBlob(victim.Digest, victim.Size) {
+		if !d.Cached(t, victim.Digest, victim.Size) {
 			return os.ErrNotExist
 		}
 		return nil
@@ -357,7 +357,7 @@ func TestCorruptIndexStart(t *testing.T) {
 	getAll("")
 	harness.WaitFor(t, "blobs committed", time.Minute, 20*time.Millisecond, func() error {
 		for _, b := range im.Blobs() {
-			if !d.HasBlob(b.Digest, b.Size) {
+			if !d.Cached(t, b.Digest, b.Size) {
 				return os.ErrNotExist
 			}
 		}

@@ -50,7 +50,7 @@ func (e *rotationEnv) pullThroughDaemon(t *testing.T, ctrd *harness.Containerd, 
 	ref := harness.Ref(e.reg.Host, e.repos[i], "v1")
 	ctrd.Pull(t, fmt.Sprintf("rotate-%d", i), ref, e.hostsDir)
 	for _, l := range e.images[i].Layers {
-		if !d.HasBlob(l.Descriptor.Digest, l.Descriptor.Size) {
+		if !d.Cached(t, l.Descriptor.Digest, l.Descriptor.Size) {
 			t.Fatalf("%s: layer %s not in the daemon's store: the pull did not go through it", ref, l.Descriptor.Digest)
 		}
 	}

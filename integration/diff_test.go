@@ -178,7 +178,7 @@ func TestProxyDiffCompareThroughDaemon(t *testing.T) {
 	if !slices.Contains(c.ContentDigests(t, "cmp"), dg.String()) {
 		t.Errorf("namespace cmp does not list the new layer %s", dg)
 	}
-	if !e.daemon.HasBlob(dg, int64(len(layer))) {
+	if !e.daemon.Cached(t, dg, int64(len(layer))) {
 		t.Errorf("the new layer %s is not in the daemon's store", dg)
 	}
 	files := gzipTarFiles(t, []byte(layer))

@@ -93,7 +93,7 @@ func TestDiskFullMidBlob(t *testing.T) {
 	}
 	ctrd.Pull(t, "full2", ref, hostsDir)
 	harness.WaitFor(t, "big blob cached once there is room", 30*time.Second, 50*time.Millisecond, func() error {
-		if !daemon.HasBlob(big.Digest, big.Size) {
+		if !daemon.Cached(t, big.Digest, big.Size) {
 			return fmt.Errorf("not cached")
 		}
 		return nil
@@ -137,7 +137,7 @@ func TestMirrorReadOnlyStoreResumes(t *testing.T) {
 	e.ctrd.Pull(t, "ro2", ref, e.hostsDir)
 	harness.WaitFor(t, "blobs cached once the store is writable", 30*time.Second, 50*time.Millisecond, func() error {
 		for _, b := range im.Blobs() {
-			if !e.daemon.HasBlob(b.Digest, b.Size) {
+			if !e.daemon.Cached(t, b.Digest, b.Size) {
 				return fmt.Errorf("%s not cached", b.Digest)
 			}
 		}

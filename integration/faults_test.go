@@ -248,7 +248,7 @@ func runFaultPulls(t *testing.T, e *faultEnv, cases []faultCase, seed uint64) {
 					t.Errorf("containerd went to the origin for the faulted object %d times; the mirror should have recovered:\n%s", directForTarget, c)
 				}
 				harness.WaitFor(t, "faulted object committed", 30*time.Second, 50*time.Millisecond, func() error {
-					if !e.daemon.HasBlob(faulted, -1) {
+					if !e.daemon.Cached(t, faulted, -1) {
 						return fmt.Errorf("%s not in the store", faulted)
 					}
 					return nil
@@ -458,7 +458,7 @@ func TestFaultsHTTP(t *testing.T) {
 		}
 		if want == harness.ResultMiss {
 			harness.WaitFor(t, "blob committed", 30*time.Second, 50*time.Millisecond, func() error {
-				if !e.daemon.HasBlob(layer.Descriptor.Digest, layer.Descriptor.Size) {
+				if !e.daemon.Cached(t, layer.Descriptor.Digest, layer.Descriptor.Size) {
 					return fmt.Errorf("not committed yet")
 				}
 				return nil

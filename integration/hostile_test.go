@@ -280,7 +280,7 @@ func TestHostileRanges(t *testing.T) {
 		}
 		if phase == "miss" {
 			harness.WaitFor(t, "blob committed", 30*time.Second, 50*time.Millisecond, func() error {
-				if !e.daemon.HasBlob(l.Digest, l.Size) {
+				if !e.daemon.Cached(t, l.Digest, l.Size) {
 					return fmt.Errorf("not yet")
 				}
 				return nil

@@ -76,7 +76,7 @@ func TestLoad500Connections(t *testing.T) {
 	// Warm blobs are committed once their readers are done; wait so they are hits.
 	harness.WaitFor(t, "warm blobs committed", 30*time.Second, 50*time.Millisecond, func() error {
 		for _, d := range warm {
-			if !e.daemon.HasBlob(d, -1) {
+			if !e.daemon.Cached(t, d, -1) {
 				return fmt.Errorf("%s not yet", d)
 			}
 		}
@@ -191,7 +191,7 @@ func TestLoad500Connections(t *testing.T) {
 			continue
 		}
 		harness.WaitFor(t, "cold blob committed", 30*time.Second, 50*time.Millisecond, func() error {
-			if !e.daemon.HasBlob(d, -1) {
+			if !e.daemon.Cached(t, d, -1) {
 				return fmt.Errorf("%s not committed", d)
 			}
 			return nil

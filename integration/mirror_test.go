@@ -126,7 +126,7 @@ func assertServedByDaemon(t *testing.T, d *harness.Daemon, o origin, blobs []oci
 		if gets[b.Digest] != want {
 			t.Errorf("daemon fetched blob %s from the origin %d times, want %d", b.Digest, gets[b.Digest], want)
 		}
-		if !d.HasBlob(b.Digest, b.Size) {
+		if !d.Cached(t, b.Digest, b.Size) {
 			t.Errorf("blob %s (%d bytes) is not in the daemon's store at %s", b.Digest, b.Size, d.BlobPath(b.Digest))
 		} else if err := d.VerifyBlobFile(b.Digest); err != nil {
 			t.Errorf("stored blob: %v", err)
@@ -425,7 +425,7 @@ func TestMirrorCoalescesConcurrentBlobGets(t *testing.T) {
 	if got := c.BlobBytes(); got > blob.Size {
 		t.Errorf("origin sent %d blob bytes for a %d byte blob", got, blob.Size)
 	}
-	if !e.daemon.HasBlob(blob.Digest, blob.Size) {
+	if !e.daemon.Cached(t, blob.Digest, blob.Size) {
 		t.Errorf("blob not committed to the store after the coalesced fetch")
 	}
 }

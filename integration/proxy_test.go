@@ -615,7 +615,7 @@ func TestProxyContainerdBeforeDaemon(t *testing.T) {
 		t.Fatal("pull did not complete within 2 minutes of the daemon starting")
 	}
 	for _, b := range im.Blobs() {
-		if !e.daemon.HasBlob(b.Digest, b.Size) {
+		if !e.daemon.Cached(t, b.Digest, b.Size) {
 			t.Errorf("blob %s is not in the daemon's store", b.Digest)
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/blobcache/blobcachetest"
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
 )
 
@@ -29,7 +29,7 @@ func TestMeasureStartup100k(t *testing.T) {
 	for _, n := range []int{0, 100000} {
 		root := filepath.Join(t.TempDir(), "root")
 		if n > 0 {
-			if err := blobcache.SeedRecords(context.Background(), root, n); err != nil {
+			if err := blobcachetest.SeedRecords(context.Background(), root, n); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -99,7 +99,7 @@ func TestUpstreamForwardProxy(t *testing.T) {
 		im := harness.PushImage(t, plain.URL, repo, "v1", smallImage(seed))
 		ctrd.Pull(t, ns, harness.Ref(registry, repo, "v1"), hostsDir)
 		for _, b := range im.Blobs() {
-			if !d.HasBlob(b.Digest, b.Size) {
+			if !d.Cached(t, b.Digest, b.Size) {
 				t.Fatalf("%s: blob %s not cached: the pull did not go through the daemon", repo, b.Digest)
 			}
 		}

@@ -322,6 +322,21 @@ func (d *Daemon) HasBlob(dg digest.Digest, size int64) bool {
 	return err == nil && fi.Mode().IsRegular() && (size < 0 || fi.Size() == size)
 }
 
+// Cached reports whether the blob is in the store, waiting up to 10 s for it: a fill commits
+// (verify, rename, index) just after its last byte reached the client, so a pull that has
+// returned may be a moment ahead of its last commit.
+func (d *Daemon) Cached(t testing.TB, dg digest.Digest, size int64) bool {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !d.HasBlob(dg, size) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 // StoredBlobs lists the digests of the blob files under root/blobs/sha256.
 func (d *Daemon) StoredBlobs(t testing.TB) []digest.Digest {
 	t.Helper()

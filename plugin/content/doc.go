@@ -19,8 +19,9 @@
 // Reads go through the store's own read path, as the mirror's do (blobcache.Store.OpenReader):
 // the blob is pinned against eviction while it is read, its access counts for the LRU, and a
 // blob whose record was rebuilt after an index loss is hashed before its first byte is served.
-// The Read RPC is answered here rather than by containerd's server, which would also ask
-// Info (an index look-up) at every RPC.
+// The Read RPC is answered here rather than by containerd's server: containerd's proxy client
+// reads 32 KiB per RPC, and the store keeps the open file per digest between them, so that an
+// RPC costs no index look-up and no open.
 //
 // # Holds
 //
@@ -56,6 +57,15 @@
 // A later Write of a cached blob re-holds it without rewriting it: a Writer opened with its
 // digest, or a Commit of the same bytes, reports AlreadyExists (as the local store does) and
 // records the hold; the ingest is dropped.
+//
+// # One write per blob
+//
+// On a cold pull containerd fetches each blob through the daemon's mirror, whose fill writes
+// it into the store, and writes the bytes it received back through this API. A writer for a
+// blob the store has or is filling (named by the expected digest or, since containerd's
+// metadata store strips that, by the digest in the ingest ref) discards what it is sent; its
+// Commit waits for the fill (bounded by the caller's context) and holds the store's verified
+// copy. If that fill fails, the Commit fails as unavailable and the caller writes again.
 //
 // Only sha256 content is stored. Labels are reset by Delete: they describe the API object,
 // which is gone. Blobs committed through the API have no media type and no registry source

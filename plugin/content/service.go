@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"runtime"
 	"time"
 
 	api "github.com/containerd/containerd/api/services/content/v1"
@@ -39,7 +40,9 @@ func NewService(ctx context.Context, cache *blobcache.Store, ln net.Listener, ob
 		// message, above gRPC's 4 MiB default.
 		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize),
-
+		// A Read per 32 KiB makes many short streams: reusing goroutines spares each one
+		// a new goroutine and its stack growth (busy workers fall back to new goroutines).
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			start := time.Now()
 			ctx = log.WithLogger(ctx, logger)

@@ -170,7 +170,11 @@ func (s *Store) Writer(ctx context.Context, opts ...content.WriterOpt) (content.
 		}
 		return nil, err
 	}
-	return &writer{Writer: w, store: s}, nil
+	blob := wOpts.Desc.Digest
+	if blob == "" {
+		blob = digestInRef(wOpts.Ref)
+	}
+	return &writer{Writer: w, store: s, ref: wOpts.Ref, blob: blob}, nil
 }
 
 // hold records the hold on a blob the local store just reported as present. A blob that
@@ -181,38 +185,6 @@ func (s *Store) hold(ctx context.Context, dgst digest.Digest) error {
 		return fmt.Errorf("hold %s: %w", dgst, err)
 	}
 	return nil
-}
-
-// writer records what the local store's writer commits: the blob file it renamed into
-// blobs/sha256 gets its index record, held.
-type writer struct {
-	content.Writer
-	store *Store
-}
-
-func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest, opts ...content.Opt) error {
-	if expected != "" && expected.Algorithm() != digest.SHA256 {
-		// The local store would re-hash and store it under blobs/<algorithm>, outside the
-		// cache's index.
-		return fmt.Errorf("commit %s: only sha256 content is stored: %w", expected, errdefs.ErrNotImplemented)
-	}
-	err := w.Writer.Commit(ctx, size, expected, opts...)
-	if err != nil && !errdefs.IsAlreadyExists(err) {
-		return err
-	}
-	dgst := expected
-	if dgst == "" {
-		dgst = w.Writer.Digest()
-	}
-	// A commit that cannot be held is failed, so that containerd does not rely on a blob
-	// eviction may remove; its retry finds the file and holds it then.
-	if _, herr := w.store.cache.Hold(ctx, dgst); herr != nil {
-		return fmt.Errorf("record committed content %s: %w", dgst, herr)
-	}
-	if err == nil {
-		log.G(ctx).WithField("digest", dgst).Debug("content committed")
-	}
-	return err
 }
 
 // labelStore keeps the local store's labels in the cache's index.

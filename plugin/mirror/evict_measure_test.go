@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd-blobcache/containerd-blobcache/blobcache"
+	"github.com/containerd-blobcache/containerd-blobcache/blobcache/blobcachetest"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
@@ -26,7 +27,7 @@ func TestMeasureEvictionWhileServing(t *testing.T) {
 		size = 16 << 10
 	)
 	root := t.TempDir()
-	seeded, err := blobcache.SeedBlobs(context.Background(), root, cold+hot, size)
+	seeded, err := blobcachetest.SeedBlobs(context.Background(), root, cold+hot, size)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package blobcache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // What the admin API (plugin/admin) asks of the store. These walk the index; none of them
@@ -62,39 +60,12 @@ type Summary struct {
 func (s *Store) Summarize(ctx context.Context) (Summary, error) {
 	var sum Summary
 	sum.MaxSize, sum.High, sum.Low = s.Limits()
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		if sum.Size, sum.Blobs, err = totals(tx); err != nil {
-			return err
-		}
-		blobs, err := subBucket(tx, bucketBlobs)
-		if err != nil {
-			return err
-		}
-		if err := blobs.ForEach(func(k, v []byte) error {
-			var rec struct {
-				MediaType string `json:"mediaType"`
-				Held      bool   `json:"held"`
-			}
-			if json.Unmarshal(v, &rec) == nil {
-				if IsManifest(rec.MediaType) {
-					sum.Manifests++
-				}
-				if rec.Held {
-					sum.Held++
-				}
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		tags, err := subBucket(tx, bucketTags)
-		if err != nil {
-			return err
-		}
-		sum.Tags = int64(tags.Stats().KeyN)
-		return nil
-	})
+	var err error
+	if sum.Size, sum.Blobs, err = s.idx.totals(); err != nil {
+		return sum, err
+	}
+	c, err := s.idx.count()
+	sum.Manifests, sum.Held, sum.Tags = c.manifests, c.held, c.tags
 	return sum, err
 }
 
@@ -107,44 +78,19 @@ func (s *Store) ListBlobs(ctx context.Context, fn func(BlobEntry) error) error {
 		touched[k] = v
 	}
 	s.mu.Unlock()
-	return s.db.View(func(tx *bolt.Tx) error {
-		blobs, err := subBucket(tx, bucketBlobs)
-		if err != nil {
-			return err
+	return s.idx.forEachBlob(func(dgst digest.Digest, rec *blobRecord) error {
+		e := BlobEntry{BlobInfo: rec.info(dgst), LastAccess: rec.LastAccess, Unverified: rec.Unverified}
+		if t, ok := touched[dgst]; ok && t.After(e.LastAccess) {
+			e.LastAccess = t
 		}
-		return blobs.ForEach(func(k, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode blob record %s: %w", k, errdefs.ErrDataLoss)
-			}
-			dgst := digest.Digest(k)
-			e := BlobEntry{BlobInfo: rec.info(dgst), LastAccess: rec.LastAccess, Unverified: rec.Unverified}
-			if t, ok := touched[dgst]; ok && t.After(e.LastAccess) {
-				e.LastAccess = t
-			}
-			return fn(e)
-		})
+		return fn(e)
 	})
 }
 
 // ListTags calls fn for every tag, in registry, repository, tag order.
 func (s *Store) ListTags(ctx context.Context, fn func(TagEntry) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		tags, err := subBucket(tx, bucketTags)
-		if err != nil {
-			return err
-		}
-		return tags.ForEach(func(k, v []byte) error {
-			parts := strings.SplitN(string(k), "\x00", 3)
-			if len(parts) != 3 {
-				return nil
-			}
-			var rec tagRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode tag record: %w", errdefs.ErrDataLoss)
-			}
-			return fn(TagEntry{Registry: parts[0], Repository: parts[1], Tag: parts[2], TagRecord: TagRecord(rec)})
-		})
+	return s.idx.forEachTag(func(registry, repository, tag string, rec tagRecord) error {
+		return fn(TagEntry{Registry: registry, Repository: repository, Tag: tag, TagRecord: TagRecord(rec)})
 	})
 }
 
@@ -153,13 +99,7 @@ func (s *Store) DeleteTag(ctx context.Context, registry, repository, tag string)
 	if err := validateTagKey(registry, repository, tag); err != nil {
 		return false, err
 	}
-	var found bool
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		found, err = deleteTagRecord(tx, tagKey(registry, repository, tag))
-		return err
-	})
-	return found, err
+	return s.idx.deleteTag(tagKey(registry, repository, tag))
 }
 
 // Remove deletes the given blobs (and the tags pointing at them) unless they are held or in
@@ -200,69 +140,7 @@ func (s *Store) RemoveSource(ctx context.Context, registry, repository string) (
 	match := func(reg, repo string) bool {
 		return reg == registry && (repository == "" || repo == repository)
 	}
-	var doomed []digest.Digest
-	tagsDropped := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		tags, err := subBucket(tx, bucketTags)
-		if err != nil {
-			return err
-		}
-		var tagKeys [][]byte
-		if err := tags.ForEach(func(k, _ []byte) error {
-			parts := strings.SplitN(string(k), "\x00", 3)
-			if len(parts) == 3 && match(parts[0], parts[1]) {
-				tagKeys = append(tagKeys, []byte(string(k)))
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-		for _, k := range tagKeys {
-			if _, err := deleteTagRecord(tx, k); err != nil {
-				return err
-			}
-			tagsDropped++
-		}
-		blobs, err := subBucket(tx, bucketBlobs)
-		if err != nil {
-			return err
-		}
-		type change struct {
-			dgst digest.Digest
-			rec  *blobRecord
-		}
-		var changes []change
-		if err := blobs.ForEach(func(k, v []byte) error {
-			var rec blobRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return nil
-			}
-			kept := rec.Sources[:0:0]
-			for _, src := range rec.Sources {
-				if !match(src.Registry, src.Repository) {
-					kept = append(kept, src)
-				}
-			}
-			if len(kept) == len(rec.Sources) {
-				return nil
-			}
-			if len(kept) == 0 {
-				doomed = append(doomed, digest.Digest(k))
-				return nil
-			}
-			rec.Sources = kept
-			changes = append(changes, change{digest.Digest(k), &rec})
-			return nil
-		}); err != nil {
-			return err
-		}
-		for _, c := range changes {
-			if err := putBlob(tx, c.dgst, c.rec); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	doomed, tagsDropped, err := s.idx.removeSource(match)
 	if err != nil {
 		return EvictResult{}, fmt.Errorf("update index: %w", err)
 	}
@@ -293,17 +171,8 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 	rep := VerifyReport{Corrupt: []digest.Digest{}, Missing: []digest.Digest{}, Orphans: []digest.Digest{}}
 	all := len(dgsts) == 0
 	if all {
-		err := s.db.View(func(tx *bolt.Tx) error {
-			blobs, err := subBucket(tx, bucketBlobs)
-			if err != nil {
-				return err
-			}
-			return blobs.ForEach(func(k, _ []byte) error {
-				dgsts = append(dgsts, digest.Digest(k))
-				return nil
-			})
-		})
-		if err != nil {
+		var err error
+		if dgsts, err = s.idx.digests(); err != nil {
 			return rep, fmt.Errorf("read index: %w", err)
 		}
 	}
@@ -314,7 +183,7 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 		if err := validateDigest(d); err != nil {
 			return rep, err
 		}
-		rec, err := s.lookup(d)
+		rec, err := s.idx.blob(d)
 		if err != nil {
 			return rep, err
 		}
@@ -325,6 +194,7 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 			continue // removed meanwhile
 		}
 		rep.Checked++
+		s.at(fpVerifyRecord)
 		switch got, size, err := hashFile(s.blobPath(d), d.Algorithm()); {
 		case errors.Is(err, fs.ErrNotExist):
 			// Evicted or removed since it was looked up: not missing, just gone.
@@ -364,16 +234,10 @@ func (s *Store) Verify(ctx context.Context, dgsts []digest.Digest, progress func
 func (s *Store) dropRecord(d digest.Digest) (bool, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	var dropped bool
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		if _, err := os.Stat(s.blobPath(d)); err == nil {
-			return nil // committed again meanwhile
-		}
-		rec, _, err := deleteBlob(tx, d)
-		dropped = rec != nil
-		return err
+	return s.idx.deleteBlobIf(d, func() bool {
+		_, err := os.Stat(s.blobPath(d))
+		return err != nil // else committed again meanwhile
 	})
-	return dropped, err
 }
 
 // verifyOrphans looks for blob files without a record and for fill files nobody owns.
@@ -422,7 +286,7 @@ func (s *Store) verifyOrphans(ctx context.Context, rep *VerifyReport) error {
 func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyReport) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	rec, err := s.lookup(d)
+	rec, err := s.idx.blob(d)
 	if err != nil || rec != nil {
 		return err
 	}
@@ -444,9 +308,7 @@ func (s *Store) checkOrphan(ctx context.Context, d digest.Digest, rep *VerifyRep
 	}
 	now := time.Now().UTC()
 	log.G(ctx).WithField("digest", d).Info("recording an orphan blob file that matches its name")
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return putBlob(tx, d, &blobRecord{Size: size, CreatedAt: now, LastAccess: now})
-	})
+	return s.idx.putBlobs(map[digest.Digest]*blobRecord{d: {Size: size, CreatedAt: now, LastAccess: now}})
 }
 
 func hashFile(p string, alg digest.Algorithm) (digest.Digest, int64, error) {
