@@ -57,7 +57,8 @@ deps:
 bench-deps:
 	./.ci/install-deps --bench
 
-# Installs the pinned containerd, ctr, shim and registry the integration tests need.
+# Installs the pinned containerd, ctr, shim, registry, conformance suite and crictl the
+# integration tests need.
 tools:
 	TOOLS_DIR=$(TOOLS_DIR) ./.ci/install-tools
 

@@ -2,14 +2,11 @@ package integration
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
 )
@@ -17,20 +14,7 @@ import (
 // scrape reads the daemon's /metrics.
 func scrape(t *testing.T, d *harness.Daemon) map[string]*dto.MetricFamily {
 	t.Helper()
-	if d.MetricsURL == "" {
-		t.Fatal("daemon has no metrics listener")
-	}
-	resp, err := d.Client.Get(d.MetricsURL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("/metrics: %d %s", resp.StatusCode, b)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
+	fams, err := d.ScrapeMetrics()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -170,6 +170,7 @@ func TestBench(t *testing.T) {
 		{"manifest", e.manifestHits},
 		{"tag", e.manifestByTag},
 		{"startup", e.startup},
+		{"proxy", e.proxyMode},
 	} {
 		if !cfg.enabled(sc.name) {
 			continue
@@ -296,8 +297,14 @@ func (e *env) startDist(t *testing.T, remote string) (*harness.Registry, func())
 // the figure would measure the wrong system), and removes the image and its content again.
 func (e *env) pull(t *testing.T, ref, hostsDir string, viaMirror bool) time.Duration {
 	t.Helper()
+	return e.pullWith(t, e.ctrd, ref, hostsDir, viaMirror)
+}
+
+// pullWith is pull on containerd c.
+func (e *env) pullWith(t *testing.T, c *harness.Containerd, ref, hostsDir string, viaMirror bool) time.Duration {
+	t.Helper()
 	e.counter.Reset()
-	out, d, err := e.ctrd.PullE(context.Background(), pullNS, ref, hostsDir)
+	out, d, err := c.PullE(context.Background(), pullNS, ref, hostsDir)
 	if err != nil {
 		t.Fatalf("pull %s: %v\n%s", ref, err, out)
 	}
@@ -306,7 +313,7 @@ func (e *env) pull(t *testing.T, ref, hostsDir string, viaMirror bool) time.Dura
 			t.Fatalf("pull of %s through the mirror fell back to the origin:\n%s", ref, direct)
 		}
 	}
-	e.ctrd.RemoveImageAndContent(t, pullNS, ref)
+	c.RemoveImageAndContent(t, pullNS, ref)
 	return d
 }
 

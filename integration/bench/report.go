@@ -13,9 +13,12 @@ const (
 	ColDirect = "direct pull"
 	ColDist   = "distribution proxy"
 	ColNginx  = "nginx sendfile"
+	// ColMirrorMode is containerd with its built-in content store and differ, pulling
+	// through the daemon's mirror: the comparison of proxy mode's rows.
+	ColMirrorMode = "mirror mode (built-in content store)"
 )
 
-var comparisonColumns = []string{ColDirect, ColDist, ColNginx}
+var comparisonColumns = []string{ColDirect, ColDist, ColNginx, ColMirrorMode}
 
 // Row is one line of the report: one measure of one scenario, with the figure of
 // containerd-blobcache, the comparisons' figures by column, and the target it is judged by.

@@ -2,13 +2,20 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Restart starts the daemon again with the same configuration (root, address, admin
@@ -68,3 +75,21 @@ func (d *Daemon) FillFiles(t testing.TB) []string {
 
 // String describes the daemon for messages.
 func (d *Daemon) String() string { return fmt.Sprintf("daemon %s (root %s)", d.Addr, d.Config.Root) }
+
+// ScrapeMetrics reads the daemon's /metrics and parses the families.
+func (d *Daemon) ScrapeMetrics() (map[string]*dto.MetricFamily, error) {
+	if d.MetricsURL == "" {
+		return nil, errors.New("daemon has no metrics listener")
+	}
+	resp, err := d.Client.Get(d.MetricsURL + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("/metrics: %s: %s", resp.Status, b)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
+}

@@ -43,6 +43,8 @@ type LayerSpec struct {
 	Dir string
 	// Busybox makes a layer holding bin/busybox (from BusyboxPath) and applet symlinks.
 	Busybox bool
+	// Entries, when set, are the layer's tar entries, written in order (see TarEntry).
+	Entries []TarEntry
 }
 
 // ImageSpec describes an image: its layers, platform (default linux/amd64) and config
@@ -250,9 +252,12 @@ func buildLayer(path string, spec LayerSpec) (_ Layer, retErr error) {
 	}
 	diffHash := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(gz, diffHash))
-	if spec.Busybox {
+	switch {
+	case spec.Busybox:
 		err = writeBusybox(tw)
-	} else {
+	case spec.Entries != nil:
+		err = writeEntries(tw, spec.Entries)
+	default:
 		err = writeRandomFiles(tw, spec)
 	}
 	if err != nil {

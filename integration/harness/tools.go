@@ -24,6 +24,8 @@ type ToolPaths struct {
 	Ctr        string
 	Shim       string
 	Registry   string
+	// Crictl is cri-tools' crictl; only the tests that run it require it (RequireCrictl).
+	Crictl string
 }
 
 // Unavailable fails a test whose prerequisite is missing here, whatever the environment:
@@ -89,6 +91,7 @@ func Tools(t testing.TB) *ToolPaths {
 		Ctr:        filepath.Join(dir, "ctr"),
 		Shim:       filepath.Join(dir, "containerd-shim-runc-v2"),
 		Registry:   filepath.Join(dir, "registry"),
+		Crictl:     filepath.Join(dir, "crictl"),
 	}
 	var missing []string
 	for _, p := range []string{tp.Containerd, tp.Ctr, tp.Shim, tp.Registry} {
