@@ -20,13 +20,21 @@ type Registry struct {
 	URL     string
 	Dir     string
 	Process *Process
+	// Client reaches the registry (from inside its namespace when it runs in one).
+	Client *http.Client
 }
 
 // StartRegistry starts `registry serve` with a config of its own and waits until /v2/
 // answers.
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
-	return startRegistry(t, "")
+	return startRegistry(t, "", nil)
+}
+
+// StartRegistry is StartRegistry inside the namespace, on its loopback; Client reaches it.
+func (n *Netns) StartRegistry(t testing.TB) *Registry {
+	t.Helper()
+	return startRegistry(t, "", n)
 }
 
 // StartPullThroughRegistry starts distribution as a pull-through cache of remoteURL (its
@@ -34,10 +42,10 @@ func StartRegistry(t testing.TB) *Registry {
 // Benchmarks compare the daemon with it.
 func StartPullThroughRegistry(t testing.TB, remoteURL string) *Registry {
 	t.Helper()
-	return startRegistry(t, fmt.Sprintf("proxy:\n  remoteurl: %s\n", remoteURL))
+	return startRegistry(t, fmt.Sprintf("proxy:\n  remoteurl: %s\n", remoteURL), nil)
 }
 
-func startRegistry(t testing.TB, extraYAML string) *Registry {
+func startRegistry(t testing.TB, extraYAML string, ns *Netns) *Registry {
 	t.Helper()
 	tools := Tools(t)
 	dir := t.TempDir()
@@ -76,9 +84,9 @@ http:
 	cmd.Dir = dir
 	// No OpenTelemetry exporter: the default would try an OTLP collector.
 	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
-	r := &Registry{Host: host, URL: "http://" + host, Dir: dir}
-	r.Process = startProcess(t, "registry-"+host, logPathFor(dir, "registry"), cmd)
-	waitHTTP200(t, r.Process, r.URL+"/v2/", 30*time.Second)
+	r := &Registry{Host: host, URL: "http://" + host, Dir: dir, Client: ns.HTTPClient(5 * time.Minute)}
+	r.Process = startProcess(t, "registry-"+host, logPathFor(dir, "registry"), ns.wrap(cmd))
+	waitHTTP200With(t, r.Client, r.Process, r.URL+"/v2/", 30*time.Second)
 	return r
 }
 
@@ -88,7 +96,12 @@ func (r *Registry) Stop() error { return r.Process.Stop() }
 // waitHTTP200 polls url until it answers 200, failing fast when the process exits.
 func waitHTTP200(t testing.TB, p *Process, url string, timeout time.Duration) {
 	t.Helper()
-	client := &http.Client{Timeout: 2 * time.Second}
+	waitHTTP200With(t, &http.Client{Timeout: 2 * time.Second}, p, url, timeout)
+}
+
+// waitHTTP200With is waitHTTP200 asking with client (one that dials inside a namespace).
+func waitHTTP200With(t testing.TB, client *http.Client, p *Process, url string, timeout time.Duration) {
+	t.Helper()
 	WaitFor(t, p.Name+" readiness at "+url, timeout, 50*time.Millisecond, func() error {
 		if exited, err := p.Exited(); exited {
 			return fmt.Errorf("%w: %s exited (%v); log:\n%s", errStop, p.Name, err, TailFile(p.LogPath, 8<<10))
