@@ -42,7 +42,9 @@ type ProxiedRequest struct {
 	Direct    bool   // carried DirectHeader: containerd talking to the registry itself
 	UserAgent string
 	Range     string
-	Status    int
+	// Remote is the client's IP address (which node asked, on a switch).
+	Remote string
+	Status int
 	// Result is the response's X-Blobcache-Result header (when the proxy fronts the daemon).
 	Result string
 	// BodyBytes is how many response body bytes went to the client.
@@ -139,6 +141,7 @@ func (p *CountingProxy) handler(next http.Handler) http.Handler {
 			UserAgent: r.UserAgent(),
 			Range:     r.Header.Get("Range"),
 		}
+		rec.Remote, _, _ = net.SplitHostPort(r.RemoteAddr)
 		cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
 		p.mu.Lock()
 		intercept := p.intercept
