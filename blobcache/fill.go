@@ -23,6 +23,9 @@ type Upstream struct {
 	// Size is the announced length, or -1 when unknown. A known size is enforced.
 	Size      int64
 	MediaType string
+	// Origin names where the body comes from when that is not the registry (the mirror's
+	// cluster tier sets it); Fill.Origin reports it to every client of the fill.
+	Origin string
 }
 
 // FetchFunc opens the upstream body of a blob. ctx governs the whole download, body
@@ -50,6 +53,7 @@ type Fill struct {
 	startErr  error
 	size      int64
 	mediaType string
+	origin    string
 
 	// finished is closed when the background copy and the commit are over (tests wait on
 	// it to observe the committed state).
@@ -187,8 +191,12 @@ func (s *Store) start(ctx context.Context, f *Fill, meta FillMeta, fetch FetchFu
 	if f.mediaType == "" {
 		f.mediaType = up.MediaType
 	}
+	f.origin = up.Origin
+	// Under the lock: FillStats reads file and refs of fills that are still starting.
+	f.mu.Lock()
 	f.file = file
 	f.refs = 1 // the copy goroutine's
+	f.mu.Unlock()
 	close(f.started)
 
 	var w io.WriterAt = file
@@ -346,6 +354,9 @@ func (f *Fill) Size() int64 { return f.size }
 
 // MediaType returns the media type of the blob being filled.
 func (f *Fill) MediaType() string { return f.mediaType }
+
+// Origin is the Upstream.Origin the fill was started with ("" for the registry).
+func (f *Fill) Origin() string { return f.origin }
 
 // NewReader streams the fill from offset.
 //

@@ -65,15 +65,15 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "content:   %d manifests, %d tags, %d blobs held by containerd\n", s.Manifests, s.Tags, s.Held)
 	fmt.Fprintf(stdout, "since:     %s\n\n", st.Since.Local().Format("2006-01-02 15:04:05"))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REGISTRY\tREQUESTS\tHITS\tMISSES\tBYPASS\tSTALE\tERRORS\tHIT RATIO\tFROM CACHE\tFROM UPSTREAM")
+	fmt.Fprintln(tw, "REGISTRY\tREQUESTS\tHITS\tMISSES\tBYPASS\tSTALE\tERRORS\tHIT RATIO\tFROM CACHE\tFROM PEERS\tFROM UPSTREAM")
 	regs := make([]string, 0, len(st.Registries))
 	for r := range st.Registries {
 		regs = append(regs, r)
 	}
 	sort.Strings(regs)
 	row := func(name string, t adminapi.TrafficStats) {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f%%\t%s\t%s\n", name, t.Requests, t.Hits+t.Negative, t.Misses, t.Bypassed, t.Stale, t.Errors,
-			100*t.HitRatio, humanBytes(t.BytesFromCache), humanBytes(t.BytesFromUpstream))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f%%\t%s\t%s\t%s\n", name, t.Requests, t.Hits+t.Negative, t.Misses+t.PeerMisses, t.Bypassed, t.Stale, t.Errors,
+			100*t.HitRatio, humanBytes(t.BytesFromCache), humanBytes(t.BytesFromPeer), humanBytes(t.BytesFromUpstream))
 	}
 	for _, r := range regs {
 		row(r, st.Registries[r])
@@ -82,6 +82,31 @@ func statsCmd(args []string, stdout, stderr io.Writer) error {
 	if st.Content.Requests > 0 {
 		// The content API's Info and Read calls: hits and misses of the store.
 		row("content API", st.Content)
+	}
+	if st.Peer.Requests > 0 {
+		// Blobs this node served to other nodes of the cluster tier.
+		row("served to peers", st.Peer)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printPeers(stdout, st.Peers)
+}
+
+// printPeers lists the cluster tier's nodes and their state.
+func printPeers(stdout io.Writer, peers []adminapi.PeerStatus) error {
+	if len(peers) == 0 {
+		return nil
+	}
+	fmt.Fprintln(stdout)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tRETRIED AT")
+	for _, p := range peers {
+		retry := ""
+		if p.DownUntil != nil {
+			retry = p.DownUntil.Local().Format("15:04:05")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Address, p.State, retry)
 	}
 	return tw.Flush()
 }

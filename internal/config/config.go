@@ -40,6 +40,7 @@ type Config struct {
 	Metrics  MetricsConfig  `toml:"metrics"`
 	Debug    DebugConfig    `toml:"debug"`
 	Admin    AdminConfig    `toml:"admin"`
+	Peer     PeerConfig     `toml:"peer"`
 }
 
 // DebugConfig configures the optional debug listener (Go's pprof handlers).
@@ -164,6 +165,7 @@ func Default() Config {
 		},
 		Metrics: MetricsConfig{Address: DefaultMetricsAddress},
 		Admin:   AdminConfig{Address: DefaultAdminAddress},
+		Peer:    defaultPeer(),
 	}
 }
 
@@ -298,6 +300,9 @@ func (c Config) Validate() error {
 	}
 	if g := c.Content.SocketGroup; g != "" && (strings.ContainsAny(g, " \t\n:/") || strings.HasPrefix(g, "-")) {
 		return bad("content.socket_group", "%q is not a group name or numeric gid", g)
+	}
+	if err := c.validatePeer(bad); err != nil {
+		return err
 	}
 	return c.validateCache(bad)
 }

@@ -163,4 +163,56 @@ log_level = "info"
   # Unix socket (mode 0600, root only) of the admin API used by the stats, ls, gc, verify,
   # rm and prefetch commands while the daemon runs. Its directory is created when missing.
   address = "/run/containerd-blobcache/admin.sock"
+
+[peer]
+  # The cluster tier (docs/CLUSTER.md): nodes fetch blobs from each other. A blob's owner is
+  # chosen by rendezvous hashing of its digest over the live peers; on a miss this node asks
+  # the owner, which fetches from the registry once and streams to every node that asks.
+  # A peer that is slow or gone is skipped at once: the registry is always the fallback.
+  enabled = false
+
+  # host:port of the peer listener, on the node's address (not loopback when the peers are
+  # other hosts). Required when enabled.
+  listen = ""
+
+  # This node's address as the peer lists name it (static_peers, or dns_name's records with
+  # dns_port), so that it finds itself there. Empty: listen.
+  advertise = ""
+
+  # Peers as host:port (this node may be among them).
+  static_peers = []
+
+  # A DNS name resolved every dns_interval (a Kubernetes headless Service); each A/AAAA
+  # record with dns_port is a peer. Used together with static_peers when both are set.
+  dns_name = ""
+  # Port of the peers found through dns_name.
+  dns_port = 5057
+  # How often dns_name is resolved again.
+  dns_interval = "10s"
+  # "host:port" of the one DNS server to ask for dns_name. Empty: the system resolver.
+  dns_server = ""
+
+  # File holding the shared key (at least 32 bytes) with which peers sign their requests and
+  # answers. Set it, or the three TLS files, or both: the listener answers only peers that
+  # prove themselves.
+  key_file = ""
+
+  # Mutual TLS: this node's certificate and key (with the node's address as IP SAN), and
+  # the CA that signed every peer's certificate. All three or none.
+  tls_cert_file = ""
+  # The private key of tls_cert_file.
+  tls_key_file = ""
+  # The CA every peer's certificate (client and server) must chain to.
+  tls_ca_file = ""
+
+  # Time a peer has to accept a connection; past it the registry is asked instead and the
+  # peer is marked down.
+  connect_timeout = "250ms"
+
+  # A peer that sends no byte for this long is abandoned (before its first byte: the
+  # registry is asked; after: the rest comes from the registry with a Range request).
+  stall_timeout = "2s"
+
+  # How long a peer that failed is left out of the placement.
+  down_for = "30s"
 `

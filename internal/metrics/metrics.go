@@ -46,6 +46,8 @@ type Metrics struct {
 	tokenFetches    *prometheus.CounterVec
 	evictions       prometheus.Counter
 	evictedBytes    prometheus.Counter
+	// peerFetches is nil unless the cluster tier is on (WatchPeers).
+	peerFetches *prometheus.CounterVec
 }
 
 // New creates the metric families in a new registry, with the Go runtime and process
@@ -56,7 +58,7 @@ func New(version string, store StoreStats) *Metrics {
 		Registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "requests_total",
-			Help: "Requests answered, by surface (mirror, content), kind (mirror: manifest, blob, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, bypass, stale, negative, error, none).",
+			Help: "Requests answered, by surface (mirror, content, peer: blobs served to other nodes), kind (mirror and peer: manifest, blob, ping, other; content: the call, such as info, read, write), method (GET, HEAD, other; grpc for the content API) and result (hit, miss, peer: a miss filled by another node, bypass, stale, negative, error, none).",
 		}, []string{"surface", "kind", "method", "result"}),
 		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "request_duration_seconds",
@@ -65,7 +67,7 @@ func New(version string, store StoreStats) *Metrics {
 		}, []string{"surface", "kind", "result"}),
 		bytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "served_bytes_total",
-			Help: "Response body bytes sent to clients, by surface and source (store: hits and stale tags; upstream: misses and bypasses).",
+			Help: "Response body bytes sent to clients, by surface (mirror, content, peer: served to other nodes) and source (store: this node's disk, hits and stale tags; peer: misses filled by another node of the cluster tier; upstream: the registry, misses and bypasses).",
 		}, []string{"surface", "source"}),
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "upstream_request_duration_seconds",

@@ -8,20 +8,24 @@ type Stats struct {
 	Requests int64 `json:"requests"`
 	Hits     int64 `json:"hits"`
 	Misses   int64 `json:"misses"`
-	Bypassed int64 `json:"bypassed"`
-	Stale    int64 `json:"stale"`
-	Negative int64 `json:"negative"`
-	Errors   int64 `json:"errors"`
+	// PeerMisses are misses whose bytes came from another node (cluster tier).
+	PeerMisses int64 `json:"peerMisses"`
+	Bypassed   int64 `json:"bypassed"`
+	Stale      int64 `json:"stale"`
+	Negative   int64 `json:"negative"`
+	Errors     int64 `json:"errors"`
 	// BytesFromCache were answered from the store (hits, stale tags); BytesFromUpstream
 	// came from the registry (misses, bypasses).
 	BytesFromCache    int64 `json:"bytesFromCache"`
 	BytesFromUpstream int64 `json:"bytesFromUpstream"`
+	// BytesFromPeer came from another node of the cluster tier (peer misses).
+	BytesFromPeer int64 `json:"bytesFromPeer"`
 }
 
 // HitRatio is the share of answered requests served from the store; a remembered 404 is
 // served from the daemon's memory and counts as one.
 func (s Stats) HitRatio() float64 {
-	served := s.Hits + s.Stale + s.Negative + s.Misses + s.Bypassed
+	served := s.Hits + s.Stale + s.Negative + s.Misses + s.PeerMisses + s.Bypassed
 	if served == 0 {
 		return 0
 	}
@@ -39,6 +43,8 @@ func (s *Stats) Add(o Stats) {
 	s.Errors += o.Errors
 	s.BytesFromCache += o.BytesFromCache
 	s.BytesFromUpstream += o.BytesFromUpstream
+	s.PeerMisses += o.PeerMisses
+	s.BytesFromPeer += o.BytesFromPeer
 }
 
 // statsOf is what one request adds to the counters; ok is false for a request about no
@@ -54,6 +60,8 @@ func statsOf(r Request) (d Stats, ok bool) {
 		d.Negative = 1
 	case Miss:
 		d.Misses, d.BytesFromUpstream = 1, r.Bytes
+	case Peer:
+		d.PeerMisses, d.BytesFromPeer = 1, r.Bytes
 	case Bypass:
 		d.Bypassed, d.BytesFromUpstream = 1, r.Bytes
 	case None:
@@ -64,14 +72,17 @@ func statsOf(r Request) (d Stats, ok bool) {
 	return d, true
 }
 
-// SourceOf is where the bytes of an answer with result came from: "store", "upstream", or
-// "" for answers whose bytes are neither (errors, remembered 404s).
+// SourceOf is where the bytes of an answer with result came from: "store" (this node's
+// disk), "peer" (another node of the cluster tier), "upstream" (the registry), or "" for
+// answers whose bytes are neither (errors, remembered 404s).
 func SourceOf(result Result) string {
 	switch result {
 	case Hit, Stale:
 		return "store"
 	case Miss, Bypass:
 		return "upstream"
+	case Peer:
+		return "peer"
 	}
 	return ""
 }
@@ -83,6 +94,7 @@ type Counters struct {
 	mirror      Stats
 	perRegistry map[string]*Stats
 	content     Stats
+	peer        Stats
 }
 
 // ObserveRequest implements Observer.
@@ -96,6 +108,8 @@ func (c *Counters) ObserveRequest(r Request) {
 	switch r.Surface {
 	case SurfaceContent:
 		c.content.Add(d)
+	case SurfacePeer:
+		c.peer.Add(d)
 	case SurfaceMirror:
 		c.mirror.Add(d)
 		if r.Registry == "" {
@@ -130,4 +144,11 @@ func (c *Counters) Content() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.content
+}
+
+// Peer returns the peer listener's counters: what this node served to other nodes.
+func (c *Counters) Peer() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peer
 }

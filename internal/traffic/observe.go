@@ -10,6 +10,8 @@ const (
 	SurfaceMirror Surface = "mirror"
 	// SurfaceContent is containerd's content API (gRPC, proxy mode).
 	SurfaceContent Surface = "content"
+	// SurfacePeer is the cluster tier's listener: blobs served to other nodes.
+	SurfacePeer Surface = "peer"
 )
 
 // Request is one answered request, observed once when its answer ends.
@@ -45,4 +47,24 @@ func (o Observers) ObserveRequest(r Request) {
 			x.ObserveRequest(r)
 		}
 	}
+}
+
+// AsSurface tells o about every request as if it had reached the daemon through surface s:
+// the peer listener answers with a mirror handler of its own, whose requests count as the
+// peer surface's.
+func AsSurface(s Surface, o Observer) Observer {
+	if o == nil {
+		return nil
+	}
+	return asSurface{s: s, o: o}
+}
+
+type asSurface struct {
+	s Surface
+	o Observer
+}
+
+func (a asSurface) ObserveRequest(r Request) {
+	r.Surface = a.s
+	a.o.ObserveRequest(r)
 }

@@ -12,6 +12,9 @@ const (
 	Hit Result = "hit"
 	// Miss was fetched upstream and stored (content API: Info or Read of a blob it has not).
 	Miss Result = "miss"
+	// Peer was a miss whose bytes came from another node of the cluster tier (and were
+	// stored).
+	Peer Result = "peer"
 	// Bypass was fetched upstream and not stored: the store could not help.
 	Bypass Result = "bypass"
 	// Stale is a tag served from the store because upstream could not revalidate it.

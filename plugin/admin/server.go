@@ -30,6 +30,8 @@ type Server struct {
 	traffic *traffic.Counters
 	started time.Time
 	mux     *http.ServeMux
+	// peers lists the cluster tier's nodes; nil when the tier is off.
+	peers func() []adminapi.PeerStatus
 }
 
 // New returns the admin API over the store, the mirror handler (for prefetch) and the
@@ -44,6 +46,9 @@ func New(store *blobcache.Store, m *mirror.Handler, counters *traffic.Counters) 
 	s.mux.HandleFunc("POST "+adminapi.PathPrefetch, s.prefetch)
 	return s
 }
+
+// SetPeers gives stats the cluster tier's node list.
+func (s *Server) SetPeers(list func() []adminapi.PeerStatus) { s.peers = list }
 
 // Listen binds the admin socket: mode 0600, a stale socket replaced, a live one refused.
 func Listen(ctx context.Context, path string) (net.Listener, error) {
@@ -110,6 +115,10 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	}
 	resp.Total = trafficStats(total)
 	resp.Content = trafficStats(s.traffic.Content())
+	resp.Peer = trafficStats(s.traffic.Peer())
+	if s.peers != nil {
+		resp.Peers = s.peers()
+	}
 	writeJSON(w, http.StatusOK, resp)
 }
 

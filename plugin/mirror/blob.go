@@ -93,6 +93,9 @@ func (h *Handler) serveBlob(q *request) {
 // fetchBlob is the fill's upstream request, made with the first client's headers.
 func (h *Handler) fetchBlob(q *request) blobcache.FetchFunc {
 	return func(ctx context.Context) (blobcache.Upstream, error) {
+		if up, ok := h.fetchFromPeer(ctx, q); ok {
+			return up, nil
+		}
 		req := q.upstream(http.MethodGet)
 		req.Header = req.Header.Clone()
 		req.Header.Del("Range")
@@ -158,8 +161,12 @@ func (h *Handler) serveFill(q *request, fill *blobcache.Fill) {
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Docker-Content-Digest", q.target.dgst.String())
 	hdr.Set("Etag", `"`+q.target.dgst.String()+`"`)
-	hdr.Set(traffic.ResultHeader, string(traffic.Miss))
-	q.w.result = traffic.Miss
+	result := traffic.Miss
+	if fill.Origin() == OriginPeer {
+		result = traffic.Peer
+	}
+	hdr.Set(traffic.ResultHeader, string(result))
+	q.w.result = result
 	q.w.WriteHeader(status)
 
 	written, err := copyFlushing(q.w, src)

@@ -36,6 +36,8 @@ type Options struct {
 	// Observer is told about every request once it is answered (the admin API's counters
 	// and the metrics); nil observes nothing.
 	Observer traffic.Observer
+	// Peers, when set, is asked for a blob on a local miss before the registry (peers.go).
+	Peers Peers
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -55,6 +57,7 @@ type Handler struct {
 	tags     TagPolicy
 	negative negativeCache
 	observer traffic.Observer
+	peers    Peers
 }
 
 // New returns a Handler.
@@ -82,6 +85,7 @@ func New(opts Options) (*Handler, error) {
 		access:          newAccessCache(opts.AccessCheckTTL, opts.Now),
 		tags:            opts.Tags,
 		observer:        opts.Observer,
+		peers:           opts.Peers,
 	}, nil
 }
 

@@ -56,13 +56,17 @@ func tagPolicy(cfg config.Config) mirror.TagPolicy {
 }
 
 // newAdmin binds the admin socket and builds its server.
-func newAdmin(ctx context.Context, cfg config.Config, store *blobcache.Store, m *mirror.Handler, counters *traffic.Counters) (net.Listener, *http.Server, error) {
+func newAdmin(ctx context.Context, cfg config.Config, store *blobcache.Store, m *mirror.Handler, counters *traffic.Counters, tier *peerTier) (net.Listener, *http.Server, error) {
 	ln, err := admin.Listen(ctx, cfg.Admin.Address)
 	if err != nil {
 		return nil, nil, err
 	}
+	api := admin.New(store, m, counters)
+	if tier != nil {
+		api.SetPeers(tier.peerStatus)
+	}
 	srv := &http.Server{
-		Handler:           admin.New(store, m, counters),
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}

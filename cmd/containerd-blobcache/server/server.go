@@ -39,6 +39,8 @@ type Server struct {
 	// admin is the admin API (plugin/admin) on its unix socket.
 	adminListener net.Listener
 	adminServer   *http.Server
+	// peer is the cluster tier (peer.go); nil when peer.enabled is false.
+	peer *peerTier
 }
 
 // New opens the store and binds the listeners, so that once it returns the daemon accepts
@@ -102,9 +104,22 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	}
 	undo = append(undo, func() { ln.Close() })
 
+	var peerMetrics *metrics.Metrics
+	if ops != nil {
+		peerMetrics = ops.metrics
+	}
+	tier, err := newPeerTier(cfg.Peer, peerMetrics)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, tier.close)
+
 	opts := resolverOptions(cfg.Upstream)
 	opts.UserAgent = "containerd-blobcache/" + version.Version
 	opts.SelfAddresses = []string{ln.Addr().String()}
+	if tier != nil {
+		opts.SelfAddresses = append(opts.SelfAddresses, tier.address())
+	}
 	opts.Credentials, err = resolver.LoadCredentials(cfg.Upstream.CredentialsFile, cfg.Upstream.DockerConfig)
 	if err != nil {
 		return nil, err
@@ -118,7 +133,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	handler, err := mirror.New(mirror.Options{
+	mopts := mirror.Options{
 		Store:             store,
 		Resolver:          res,
 		DefaultRegistry:   cfg.Mirror.DefaultRegistry,
@@ -128,7 +143,13 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 		VerifyBeforeServe: cfg.Mirror.VerifyBeforeServe,
 		Tags:              tagPolicy(cfg),
 		Observer:          observer,
-	})
+	}
+	if tier != nil {
+		if err := tier.wire(&mopts, cfg.Mirror.ReadTimeout.D()); err != nil {
+			return nil, err
+		}
+	}
+	handler, err := mirror.New(mopts)
 	if err != nil {
 		return nil, err
 	}
@@ -148,15 +169,18 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	}
 	undo = append(undo, dbg.close)
 
-	aln, asrv, err := newAdmin(ctx, cfg, store, handler, counters)
+	aln, asrv, err := newAdmin(ctx, cfg, store, handler, counters, tier)
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv}, nil
+	return &Server{cfg: cfg, store: store, mirrorListener: ln, mirrorServer: srv, content: contentSvc, ops: ops, health: health, debug: dbg, adminListener: aln, adminServer: asrv, peer: tier}, nil
 }
 
 // MirrorAddress is the address the mirror listens on (useful when configured with port 0).
 func (s *Server) MirrorAddress() string { return s.mirrorListener.Addr().String() }
+
+// PeerAddress is the peer listener's address, or "" when the cluster tier is off.
+func (s *Server) PeerAddress() string { return s.peer.address() }
 
 // ContentAddress is the content API's socket, or "" when it is disabled.
 func (s *Server) ContentAddress() string {
@@ -188,6 +212,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.ops != nil {
 		s.ops.serve(ctx)
 		fields["metrics"] = s.ops.address()
+	}
+	if s.peer != nil {
+		s.peer.serve(ctx)
+		fields["peer"] = s.peer.address()
 	}
 	log.G(ctx).WithFields(fields).Info("containerd-blobcache serving")
 	go s.debug.serve(ctx)
@@ -224,11 +252,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(base, s.cfg.Mirror.ShutdownTimeout.D())
 	defer cancel()
+	peerDone := make(chan struct{})
+	go func() {
+		defer close(peerDone)
+		s.peer.shutdown(shutdownCtx)
+	}()
 	if err := s.mirrorServer.Shutdown(shutdownCtx); err != nil {
 		log.G(ctx).WithError(err).Warn("requests still running at the shutdown timeout; cutting them")
 		s.mirrorServer.Close()
 	}
 	<-done
+	<-peerDone
 	if s.content != nil {
 		if err := <-contentErr; err != nil {
 			serveErr = errors.Join(serveErr, fmt.Errorf("content server: %w", err))
@@ -253,6 +287,7 @@ func (s *Server) Close() error {
 	s.mirrorListener.Close()
 	s.debug.close()
 	s.adminListener.Close()
+	s.peer.close()
 	if s.content != nil {
 		s.content.Close()
 	}

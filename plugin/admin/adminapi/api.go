@@ -31,7 +31,21 @@ type StatsResponse struct {
 	// Content counts the content API's Info and Read calls (hits and misses) and its
 	// failed calls.
 	Content TrafficStats `json:"content"`
-	Since   time.Time    `json:"since"`
+	// Peer counts the blobs this node served to other nodes on the peer listener (cluster
+	// tier); the mirror's own misses filled by peers are PeerMisses and BytesFromPeer.
+	Peer TrafficStats `json:"peer"`
+	// Peers lists the cluster tier's nodes with their state; empty when the tier is off.
+	Peers []PeerStatus `json:"peers,omitempty"`
+	Since time.Time    `json:"since"`
+}
+
+// PeerStatus is one node of the cluster tier as this node sees it.
+type PeerStatus struct {
+	Address string `json:"address"`
+	// State is "self", "up" or "down".
+	State string `json:"state"`
+	// DownUntil is when a down peer is tried again.
+	DownUntil *time.Time `json:"downUntil,omitempty"`
 }
 
 // StoreStats is the state of the store.
