@@ -136,11 +136,7 @@ func (c *Cluster) PeerConfig(i int, keyFile string) string {
 	if c.opts.DNS {
 		fmt.Fprintf(&b, "dns_name = %s\ndns_port = %d\ndns_server = %s\n", tomlString(ClusterDNSName), PeerPort, tomlString(c.DNS.Addr))
 	} else {
-		var peers []string
-		for j := 0; j < c.opts.Nodes; j++ {
-			peers = append(peers, net.JoinHostPort(NodeAddr(j), strconv.Itoa(PeerPort)))
-		}
-		fmt.Fprintf(&b, "static_peers = %s\n", tomlStrings(peers))
+		fmt.Fprintf(&b, "static_peers = %s\n", tomlStrings(PeerAddrs(c.opts.Nodes)))
 	}
 	if c.opts.PeerExtra != "" {
 		b.WriteString(c.opts.PeerExtra + "\n")
@@ -174,11 +170,17 @@ func (c *Cluster) startNode(t testing.TB, i int) *ClusterNode {
 	return n
 }
 
-// PushImage pushes spec to the registry (straight, not through the counting proxy) as
-// repo:tag and returns the built image and its reference at RegistryHost.
+// PushImage builds spec and pushes it (Push) as repo:tag.
 func (c *Cluster) PushImage(t testing.TB, repo, tag string, spec ImageSpec) (*Image, string) {
 	t.Helper()
 	im := BuildImage(t, spec)
+	return im, c.Push(t, repo, tag, im)
+}
+
+// Push pushes a built image to the registry (straight, not through the counting proxy) as
+// repo:tag and returns its reference at RegistryHost.
+func (c *Cluster) Push(t testing.TB, repo, tag string, im *Image) string {
+	t.Helper()
 	p := NewPusher(c.Registry.URL)
 	p.Client = c.Registry.Client
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -186,7 +188,16 @@ func (c *Cluster) PushImage(t testing.TB, repo, tag string, spec ImageSpec) (*Im
 	if err := p.PushImage(ctx, repo, tag, im); err != nil {
 		t.Fatalf("push %s:%s: %v", repo, tag, err)
 	}
-	return im, Ref(c.RegistryHost, repo, tag)
+	return Ref(c.RegistryHost, repo, tag)
+}
+
+// PeerAddrs are the peer listeners of nodes 0..n-1, as the placement names them.
+func PeerAddrs(n int) []string {
+	var out []string
+	for i := 0; i < n; i++ {
+		out = append(out, net.JoinHostPort(NodeAddr(i), strconv.Itoa(PeerPort)))
+	}
+	return out
 }
 
 // MembersRecords sets the DNS records of the cluster name to the given nodes' addresses.
