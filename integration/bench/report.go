@@ -13,9 +13,11 @@ const (
 	ColDirect = "direct pull"
 	ColDist   = "distribution proxy"
 	ColNginx  = "nginx sendfile"
+	// ColTierOff is the cluster scenario's figure with the cluster tier switched off.
+	ColTierOff = "cluster tier off"
 )
 
-var comparisonColumns = []string{ColDirect, ColDist, ColNginx}
+var comparisonColumns = []string{ColDirect, ColDist, ColNginx, ColTierOff}
 
 // Row is one line of the report: one measure of one scenario, with the figure of
 // containerd-blobcache, the comparisons' figures by column, and the target it is judged by.

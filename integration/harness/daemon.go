@@ -35,6 +35,8 @@ const (
 	ResultMiss   = string(traffic.Miss)
 	ResultBypass = string(traffic.Bypass)
 	ResultStale  = string(traffic.Stale)
+	// ResultPeer: the cluster tier's owner of the blob served it.
+	ResultPeer = string(traffic.Peer)
 )
 
 // DaemonConfig is the daemon's TOML configuration. Zero fields get test defaults from
@@ -405,7 +407,12 @@ func (d *Daemon) Do(ctx context.Context, method, path, registry string, header h
 
 // GetBlob GETs a blob through the mirror for registry (the ?ns= value).
 func (d *Daemon) GetBlob(ctx context.Context, registry, repo string, dg digest.Digest) (MirrorResponse, error) {
-	return d.Do(ctx, http.MethodGet, "/v2/"+repo+"/blobs/"+dg.String(), registry, nil)
+	return d.GetBlobWith(ctx, registry, repo, dg, nil)
+}
+
+// GetBlobWith is GetBlob with the given request headers (an Authorization).
+func (d *Daemon) GetBlobWith(ctx context.Context, registry, repo string, dg digest.Digest, header http.Header) (MirrorResponse, error) {
+	return d.Do(ctx, http.MethodGet, "/v2/"+repo+"/blobs/"+dg.String(), registry, header)
 }
 
 // PortClosed reports whether nothing accepts connections on the mirror's address.
