@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,8 +17,25 @@ import (
 )
 
 type k8sContainer struct {
-	Name          string   `yaml:"name"`
-	Command       []string `yaml:"command"`
+	Name    string   `yaml:"name"`
+	Command []string `yaml:"command"`
+	Env     []struct {
+		Name      string `yaml:"name"`
+		ValueFrom struct {
+			FieldRef struct {
+				FieldPath string `yaml:"fieldPath"`
+			} `yaml:"fieldRef"`
+		} `yaml:"valueFrom"`
+	} `yaml:"env"`
+	Ports []struct {
+		Name          string `yaml:"name"`
+		ContainerPort int    `yaml:"containerPort"`
+		HostPort      int    `yaml:"hostPort"`
+	} `yaml:"ports"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
 	LivenessProbe struct {
 		HTTPGet struct {
 			Path string `yaml:"path"`
@@ -33,15 +51,34 @@ type k8sContainer struct {
 }
 
 type k8sObject struct {
-	Kind string            `yaml:"kind"`
+	Kind     string `yaml:"kind"`
+	Metadata struct {
+		Name      string `yaml:"name"`
+		Namespace string `yaml:"namespace"`
+	} `yaml:"metadata"`
 	Data map[string]string `yaml:"data"`
 	Spec struct {
+		// Service.
+		ClusterIP string         `yaml:"clusterIP"`
+		Selector  map[string]any `yaml:"selector"` // DaemonSet: matchLabels
+		Ports     []struct {
+			Port int `yaml:"port"`
+		} `yaml:"ports"`
 		Template struct {
 			Spec struct {
 				HostNetwork    bool           `yaml:"hostNetwork"`
 				InitContainers []k8sContainer `yaml:"initContainers"`
 				Containers     []k8sContainer `yaml:"containers"`
+				Volumes        []struct {
+					Name   string `yaml:"name"`
+					Secret struct {
+						SecretName string `yaml:"secretName"`
+					} `yaml:"secret"`
+				} `yaml:"volumes"`
 			} `yaml:"spec"`
+			Metadata struct {
+				Labels map[string]string `yaml:"labels"`
+			} `yaml:"metadata"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
 }
@@ -53,7 +90,7 @@ func TestKubernetesDaemonSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ds, cm *k8sObject
+	var ds, cm, svc *k8sObject
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	for {
 		var o k8sObject
@@ -67,6 +104,8 @@ func TestKubernetesDaemonSet(t *testing.T) {
 			ds = &o
 		case "ConfigMap":
 			cm = &o
+		case "Service":
+			svc = &o
 		}
 	}
 	if ds == nil || cm == nil {
@@ -89,6 +128,7 @@ func TestKubernetesDaemonSet(t *testing.T) {
 	if len(c.Command) < 2 || c.Command[1] != "serve" {
 		t.Errorf("container command %v", c.Command)
 	}
+	checkPeerTier(t, cfg, c, ds, svc)
 
 	// The init container's install, run as a dry run against local copies: later flags
 	// override the manifest's paths.
@@ -120,3 +160,81 @@ func TestKubernetesDaemonSet(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// checkPeerTier checks the DaemonSet's cluster tier: --peer-listen (a flag serve accepts)
+// on the node's address, which makes the ConfigMap's [peer] a valid configuration; the peer
+// port opened on the host; a headless Service over the pods whose name is the configured
+// dns_name; the key Secret mounted where key_file points.
+func checkPeerTier(t *testing.T, cfg config.Config, c k8sContainer, ds, svc *k8sObject) {
+	t.Helper()
+	var listen string
+	for _, a := range c.Command {
+		if v, ok := strings.CutPrefix(a, "--peer-listen="); ok {
+			listen = v
+		}
+	}
+	if listen == "" {
+		t.Fatalf("container command %v has no --peer-listen", c.Command)
+	}
+	if !strings.Contains(serveUsage(t), "-peer-listen") {
+		t.Fatal("serve does not accept --peer-listen")
+	}
+	host, port, _ := strings.Cut(listen, ":")
+	envVar := strings.TrimSuffix(strings.TrimPrefix(host, "$("), ")")
+	hostIP := false
+	for _, e := range c.Env {
+		hostIP = hostIP || (e.Name == envVar && e.ValueFrom.FieldRef.FieldPath == "status.hostIP")
+	}
+	if !hostIP {
+		t.Errorf("--peer-listen host %q is not an env var set from status.hostIP", host)
+	}
+	cfg.Peer.Enabled, cfg.Peer.Listen = true, "10.0.0.1:"+port
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("ConfigMap config with --peer-listen: %v", err)
+	}
+	if itoa(cfg.Peer.DNSPort) != port {
+		t.Errorf("dns_port %d, listen port %s", cfg.Peer.DNSPort, port)
+	}
+	opened := false
+	for _, p := range c.Ports {
+		opened = opened || (itoa(p.ContainerPort) == port && itoa(p.HostPort) == port)
+	}
+	if !opened {
+		t.Errorf("peer port %s not among the container's ports", port)
+	}
+	if svc == nil {
+		t.Fatal("manifest lacks the headless Service")
+	}
+	if svc.Spec.ClusterIP != "None" || len(svc.Spec.Ports) != 1 || itoa(svc.Spec.Ports[0].Port) != port {
+		t.Errorf("Service: clusterIP %q, ports %+v; want headless on %s", svc.Spec.ClusterIP, svc.Spec.Ports, port)
+	}
+	for k, v := range svc.Spec.Selector {
+		if ds.Spec.Template.Metadata.Labels[k] != fmt.Sprint(v) {
+			t.Errorf("Service selector %s=%s does not select the pods", k, v)
+		}
+	}
+	if want := svc.Metadata.Name + "." + svc.Metadata.Namespace + ".svc."; !strings.HasPrefix(cfg.Peer.DNSName, want) {
+		t.Errorf("dns_name %q is not the Service's (%s...)", cfg.Peer.DNSName, want)
+	}
+	keyDir := filepath.Dir(cfg.Peer.KeyFile)
+	mounted := ""
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == keyDir {
+			mounted = m.Name
+		}
+	}
+	secret := false
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		secret = secret || (v.Name == mounted && v.Secret.SecretName != "")
+	}
+	if !secret {
+		t.Errorf("key_file %s is not in a mounted Secret", cfg.Peer.KeyFile)
+	}
+}
+
+// serveUsage is serve's flag list as the binary prints it.
+func serveUsage(t *testing.T) string {
+	var out, errOut bytes.Buffer
+	run([]string{"serve", "-h"}, &out, &errOut)
+	return out.String() + errOut.String()
+}

@@ -130,6 +130,7 @@ func serve(args []string, stderr io.Writer) error {
 	level := fs.String("log-level", "", "log level (overrides the config's log_level)")
 	contentAddress := fs.String("content-address", "", "serve the content API on this unix socket (sets content.enabled and content.address)")
 	adminAddress := fs.String("admin-address", "", "serve the admin API on this unix socket (sets admin.address)")
+	peerListen := fs.String("peer-listen", "", "serve the cluster tier's peer listener on this host:port, the node's address (sets peer.enabled and peer.listen)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -152,6 +153,10 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	if *adminAddress != "" {
 		cfg.Admin.Address = *adminAddress
+	}
+	if *peerListen != "" {
+		cfg.Peer.Enabled = true
+		cfg.Peer.Listen = *peerListen
 	}
 	if err := cfg.Validate(); err != nil {
 		return err

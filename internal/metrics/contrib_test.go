@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/containerd-blobcache/containerd-blobcache/internal/cluster"
 )
 
 // The Grafana dashboard in contrib/ is valid JSON and queries only metrics this package
@@ -19,7 +21,9 @@ func TestGrafanaDashboardUsesExportedMetrics(t *testing.T) {
 	if err := json.Unmarshal(b, &dash); err != nil {
 		t.Fatalf("dashboard JSON: %v", err)
 	}
-	fams, err := New("test", fakeStore{}).Registry.Gather()
+	m := New("test", fakeStore{})
+	m.WatchPeers(func() []cluster.PeerState { return nil })
+	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +32,7 @@ func TestGrafanaDashboardUsesExportedMetrics(t *testing.T) {
 		exported[f.GetName()] = true
 	}
 	// Families with no sample yet (label vectors) are not gathered: name them from the code.
-	for _, n := range []string{"requests_total", "request_duration_seconds", "served_bytes_total", "upstream_request_duration_seconds", "token_fetches_total"} {
+	for _, n := range []string{"requests_total", "request_duration_seconds", "served_bytes_total", "upstream_request_duration_seconds", "token_fetches_total", "peer_fetches_total"} {
 		exported[Namespace+"_"+n] = true
 	}
 	used := regexp.MustCompile(`containerd_blobcache_[a-z_]+`).FindAllString(string(b), -1)

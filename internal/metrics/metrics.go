@@ -40,14 +40,13 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	requests        *prometheus.CounterVec
+	peerFetches     *prometheus.CounterVec // nil unless the cluster tier is on (WatchPeers)
 	requestDuration *prometheus.HistogramVec
 	bytesServed     *prometheus.CounterVec
 	upstream        *prometheus.HistogramVec
 	tokenFetches    *prometheus.CounterVec
 	evictions       prometheus.Counter
 	evictedBytes    prometheus.Counter
-	// peerFetches is nil unless the cluster tier is on (WatchPeers).
-	peerFetches *prometheus.CounterVec
 }
 
 // New creates the metric families in a new registry, with the Go runtime and process

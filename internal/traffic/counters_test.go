@@ -37,3 +37,23 @@ func TestCountersByResult(t *testing.T) {
 		t.Errorf("hit ratio %v, want 0.6 (hit, stale and negative of five answers)", r)
 	}
 }
+
+// A miss filled by a peer counts as a peer miss with its bytes from peers; the peer surface
+// (what this node served to others) is counted apart from the mirror; AsSurface relabels.
+func TestCountersPeer(t *testing.T) {
+	var c Counters
+	peerSurface := AsSurface(SurfacePeer, &c)
+	c.ObserveRequest(Request{Surface: SurfaceMirror, Registry: "r", Result: Peer, Bytes: 7})
+	c.ObserveRequest(Request{Surface: SurfaceMirror, Registry: "r", Result: Hit, Bytes: 1})
+	peerSurface.ObserveRequest(Request{Surface: SurfaceMirror, Registry: "r", Result: Hit, Bytes: 40})
+	total, _ := c.Mirror()
+	if want := (Stats{Requests: 2, Hits: 1, PeerMisses: 1, BytesFromCache: 1, BytesFromPeer: 7}); total != want {
+		t.Errorf("mirror %+v, want %+v", total, want)
+	}
+	if got, want := c.Peer(), (Stats{Requests: 1, Hits: 1, BytesFromCache: 40}); got != want {
+		t.Errorf("peer surface %+v, want %+v", got, want)
+	}
+	if SourceOf(Peer) != "peer" || AsSurface(SurfacePeer, nil) != nil {
+		t.Error("peer source or nil observer")
+	}
+}

@@ -50,6 +50,7 @@ type Handler struct {
 	tagFreshness    time.Duration
 	maxManifestSize int64
 	verifyFirst     bool
+	peers           Peers
 	now             func() time.Time
 	access          *accessCache
 	// probes holds the anonymous probes in flight (see probePublic), one per object.
@@ -57,7 +58,6 @@ type Handler struct {
 	tags     TagPolicy
 	negative negativeCache
 	observer traffic.Observer
-	peers    Peers
 }
 
 // New returns a Handler.

@@ -30,7 +30,7 @@ import (
 //     only once per nonce (nonces are remembered for the window), so a captured request
 //     cannot be replayed; anything else is a 401 with no body worth reading.
 //   - The answer carries HMAC-SHA256(key, "blobcache-peer-response-v1", the request's
-//     nonce, status, Docker-Content-Digest, Content-Length, Content-Range). The asking node
+//     nonce, status, Docker-Content-Digest, Content-Length as signed, Content-Range). The asking node
 //     checks it before it reads a byte: it reached a peer, not whatever answers on that
 //     address. The body itself is not signed: it is verified against its digest like bytes
 //     from a registry.
@@ -48,6 +48,7 @@ const (
 	headerNonce      = "X-Blobcache-Peer-Nonce"
 	headerSignature  = "X-Blobcache-Peer-Signature"
 	headerCredential = "X-Blobcache-Peer-Credential"
+	headerLength     = "X-Blobcache-Peer-Length"
 
 	// MinKeySize is the shortest shared key accepted.
 	MinKeySize = 32
@@ -162,9 +163,12 @@ func (a *Auth) requestMAC(r *http.Request) []byte {
 		r.Header.Get(headerTime), r.Header.Get(headerNonce), r.Header.Get(headerCredential))
 }
 
+// responseMAC covers the headers the asking node acts on. The length is the one the answer
+// had when it was signed (net/http adds a Content-Length to short answers only after the
+// handler returned); the asking node checks the real one against it.
 func (a *Auth) responseMAC(nonce string, status int, h http.Header) []byte {
 	return a.mac("blobcache-peer-response-v1", nonce, strconv.Itoa(status),
-		h.Get("Docker-Content-Digest"), h.Get("Content-Length"), h.Get("Content-Range"))
+		h.Get("Docker-Content-Digest"), h.Get(headerLength), h.Get("Content-Range"))
 }
 
 // signRequest adds the nonce, the time, the sealed client credential and the signature.
@@ -238,6 +242,10 @@ func (a *Auth) verifyRequest(r *http.Request) error {
 // signResponse adds the answer's signature (shared key only).
 func (a *Auth) signResponse(nonce string, status int, h http.Header) {
 	if a.key != nil {
+		h.Del(headerLength)
+		if l := h.Get("Content-Length"); l != "" {
+			h.Set(headerLength, l)
+		}
 		h.Set(headerSignature, hex.EncodeToString(a.responseMAC(nonce, status, h)))
 	}
 }
@@ -250,6 +258,9 @@ func (a *Auth) verifyResponse(nonce string, resp *http.Response) error {
 	sig, err := hex.DecodeString(resp.Header.Get(headerSignature))
 	if err != nil || !hmac.Equal(sig, a.responseMAC(nonce, resp.StatusCode, resp.Header)) {
 		return fmt.Errorf("peer answer not signed with the shared key")
+	}
+	if l := resp.Header.Get(headerLength); l != "" && l != strconv.FormatInt(resp.ContentLength, 10) {
+		return fmt.Errorf("peer answer's length %d is not the signed %s", resp.ContentLength, l)
 	}
 	return nil
 }

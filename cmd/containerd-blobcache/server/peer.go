@@ -146,6 +146,10 @@ func (t *peerTier) wire(opts *mirror.Options, readHeaderTimeout time.Duration) e
 	own := *opts
 	own.Peers = nil
 	own.Observer = traffic.AsSurface(traffic.SurfacePeer, opts.Observer)
+	// The asking node verifies the bytes itself before its fill commits (and holds them from
+	// its containerd if it is configured to); holding them here as well would only delay the
+	// first byte past the asking node's stall_timeout.
+	own.VerifyBeforeServe = false
 	blobs, err := mirror.New(own)
 	if err != nil {
 		return err

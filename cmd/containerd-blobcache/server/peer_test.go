@@ -20,6 +20,7 @@ import (
 
 	"github.com/containerd-blobcache/containerd-blobcache/internal/cluster"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/config"
+	"github.com/containerd-blobcache/containerd-blobcache/internal/testpki"
 	"github.com/containerd-blobcache/containerd-blobcache/internal/traffic"
 )
 
@@ -27,11 +28,14 @@ import (
 // sent half, then the rest once hold is closed.
 type blobRegistry struct {
 	blobs map[digest.Digest][]byte
+	// token, when set, is the only Authorization the registry accepts.
+	token string
 
-	mu    sync.Mutex
-	gets  map[digest.Digest]int
-	asked chan digest.Digest
-	hold  map[digest.Digest]chan struct{}
+	mu     sync.Mutex
+	gets   map[digest.Digest]int
+	ranges []string
+	asked  chan digest.Digest
+	hold   map[digest.Digest]chan struct{}
 }
 
 func (u *blobRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -41,11 +45,28 @@ func (u *blobRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	if u.token != "" && r.Header.Get("Authorization") != u.token {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://auth.invalid/token"`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
 	u.mu.Lock()
 	if r.Method == http.MethodGet {
 		u.gets[d]++
 	}
 	hold := u.hold[d]
+	if rng := r.Header.Get("Range"); rng != "" {
+		u.ranges = append(u.ranges, rng)
+		var from int
+		if _, err := fmt.Sscanf(rng, "bytes=%d-", &from); err == nil && from < len(body) {
+			u.mu.Unlock()
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(body)-1, len(body)))
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)-from))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(body[from:])
+			return
+		}
+	}
 	u.mu.Unlock()
 	if u.asked != nil && r.Method == http.MethodGet {
 		u.asked <- d
@@ -88,49 +109,60 @@ type peerNode struct {
 	peer string
 }
 
-// startPeerNodes starts one daemon per peer address, all listing all of them, sharing the
-// key in keyFile, with upstream as their registry.
-func startPeerNodes(t *testing.T, upstream string, peers []string, keyFile string) []*peerNode {
+// startPeerNodes starts one daemon per peer address, all listing all of them, with the
+// peer credentials auth sets.
+func startPeerNodes(t *testing.T, peers []string, auth func(*config.PeerConfig)) []*peerNode {
 	t.Helper()
 	var nodes []*peerNode
-	for i, addr := range peers {
-		sockDir, err := os.MkdirTemp("", "bc-peer-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(sockDir) })
-		cfg := config.Default()
-		cfg.Root = t.TempDir()
-		cfg.Mirror.Address = "127.0.0.1:0"
-		cfg.Metrics.Address = "127.0.0.1:0"
-		cfg.Admin.Address = filepath.Join(sockDir, "admin.sock")
-		cfg.Upstream.AllowedRegistries = []string{"127.0.0.1:*"}
-		cfg.Upstream.PlainHTTP = []string{"127.0.0.1:*"}
-		cfg.Upstream.AllowPrivateNetworks = []string{"127.0.0.1:*"}
-		cfg.Peer.Enabled = true
-		cfg.Peer.Listen = addr
-		cfg.Peer.StaticPeers = peers
-		cfg.Peer.KeyFile = keyFile
-		// Generous under the race detector: this test is about sharing, not about timeouts.
-		cfg.Peer.StallTimeout = config.Duration(10 * time.Second)
-		cfg.Peer.ConnectTimeout = config.Duration(2 * time.Second)
-		ctx, cancel := context.WithCancel(context.Background())
-		srv, err := New(ctx, cfg)
-		if err != nil {
-			cancel()
-			t.Fatalf("node %d: %v", i, err)
-		}
-		served := make(chan error, 1)
-		go func() { served <- srv.Serve(ctx) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-served; err != nil {
-				t.Errorf("node %d Serve: %v", i, err)
-			}
-		})
-		nodes = append(nodes, &peerNode{srv: srv, peer: srv.PeerAddress()})
+	for _, addr := range peers {
+		// Generous under the race detector: these tests are about sharing, not timeouts.
+		nodes = append(nodes, startPeerNode(t, addr, peers, auth, 10*time.Second))
 	}
 	return nodes
+}
+
+// withKey sets the shared key file.
+func withKey(keyFile string) func(*config.PeerConfig) {
+	return func(p *config.PeerConfig) { p.KeyFile = keyFile }
+}
+
+// startPeerNode starts a daemon whose peer listener is on addr, with the peer list peers.
+func startPeerNode(t *testing.T, addr string, peers []string, auth func(*config.PeerConfig), stall time.Duration) *peerNode {
+	t.Helper()
+	sockDir, err := os.MkdirTemp("", "bc-peer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	cfg := config.Default()
+	cfg.Root = t.TempDir()
+	cfg.Mirror.Address = "127.0.0.1:0"
+	cfg.Metrics.Address = "127.0.0.1:0"
+	cfg.Admin.Address = filepath.Join(sockDir, "admin.sock")
+	cfg.Upstream.AllowedRegistries = []string{"127.0.0.1:*"}
+	cfg.Upstream.PlainHTTP = []string{"127.0.0.1:*"}
+	cfg.Upstream.AllowPrivateNetworks = []string{"127.0.0.1:*"}
+	cfg.Peer.Enabled = true
+	cfg.Peer.Listen = addr
+	cfg.Peer.StaticPeers = peers
+	auth(&cfg.Peer)
+	cfg.Peer.StallTimeout = config.Duration(stall)
+	cfg.Peer.ConnectTimeout = config.Duration(2 * time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := New(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatalf("node %s: %v", addr, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("node %s Serve: %v", addr, err)
+		}
+	})
+	return &peerNode{srv: srv, peer: srv.PeerAddress()}
 }
 
 func writeKey(t *testing.T) string {
@@ -204,7 +236,7 @@ func TestTwoNodesShareBlobs(t *testing.T) {
 	reg := httptest.NewServer(up)
 	defer reg.Close()
 	ns := strings.TrimPrefix(reg.URL, "http://")
-	nodes := startPeerNodes(t, ns, peers, writeKey(t))
+	nodes := startPeerNodes(t, peers, withKey(writeKey(t)))
 
 	for i, asker := range nodes {
 		owner := nodes[1-i]
@@ -241,6 +273,22 @@ func TestTwoNodesShareBlobs(t *testing.T) {
 	if states[peers[0]] != "self" || states[peers[1]] != "up" {
 		t.Fatalf("peers in stats: %v", st.Peers)
 	}
+
+	// /metrics agrees: bytes by source, peers by state, fetch outcomes.
+	fams := scrapeMetrics(t, http.DefaultClient, "http://"+nodes[0].srv.MetricsAddress()+"/metrics")
+	if got := familySum(fams, "containerd_blobcache_served_bytes_total", map[string]string{"surface": "mirror", "source": "peer"}); got != 2*300<<10 {
+		t.Errorf("served_bytes_total{source=peer} = %v, want %d", got, 2*300<<10)
+	}
+	if got := familySum(fams, "containerd_blobcache_peer_fetches_total", map[string]string{"outcome": "served"}); got != 2 {
+		t.Errorf("peer_fetches_total{outcome=served} = %v, want 2", got)
+	}
+	gauge := map[string]float64{}
+	for _, m := range fams["containerd_blobcache_peers"].GetMetric() {
+		gauge[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+	}
+	if gauge["self"] != 1 || gauge["up"] != 1 || gauge["down"] != 0 {
+		t.Errorf("containerd_blobcache_peers by state: %v", gauge)
+	}
 }
 
 // Both nodes want the same cold blob at once: the owner fetches it from the registry once
@@ -260,7 +308,7 @@ func TestTwoNodesColdAtOnceFetchOnce(t *testing.T) {
 	defer reg.Close()
 	defer close(release)
 	ns := strings.TrimPrefix(reg.URL, "http://")
-	nodes := startPeerNodes(t, ns, peers, writeKey(t))
+	nodes := startPeerNodes(t, peers, withKey(writeKey(t)))
 
 	type answer struct {
 		body   []byte
@@ -302,5 +350,38 @@ func TestTwoNodesColdAtOnceFetchOnce(t *testing.T) {
 	}
 	if n := up.count(d); n != 1 {
 		t.Fatalf("registry served the blob %d times, want once", n)
+	}
+}
+
+// The tier over mutual TLS alone, and with the key as well: a blob owned by the other node
+// comes from it, and the registry serves it once.
+func TestTwoNodesShareOverTLS(t *testing.T) {
+	files, err := testpki.Write(t.TempDir(), net.ParseIP("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := writeKey(t)
+	for _, c := range []struct {
+		name string
+		key  string
+	}{{"tls", ""}, {"tls and key", keyFile}} {
+		t.Run(c.name, func(t *testing.T) {
+			peers := []string{freePort(t), freePort(t)}
+			b := blobsOwnedBy(peers, 1, 200<<10)[peers[1]][0]
+			d := digest.FromBytes(b)
+			up := &blobRegistry{blobs: map[digest.Digest][]byte{d: b}, gets: map[digest.Digest]int{}}
+			reg := httptest.NewServer(up)
+			defer reg.Close()
+			ns := strings.TrimPrefix(reg.URL, "http://")
+			nodes := startPeerNodes(t, peers, func(p *config.PeerConfig) {
+				p.TLSCertFile, p.TLSKeyFile, p.TLSCAFile, p.KeyFile = files.Cert, files.Key, files.CA, c.key
+			})
+			if got, res := getBlob(t, nodes[0].srv.MirrorAddress(), ns, d); !bytes.Equal(got, b) || res != string(traffic.Peer) {
+				t.Fatalf("result %q, want %q", res, traffic.Peer)
+			}
+			if n := up.count(d); n != 1 {
+				t.Fatalf("registry served the blob %d times", n)
+			}
+		})
 	}
 }
