@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -141,14 +140,7 @@ var keyFileLine = regexp.MustCompile(`(?m)^key_file = .*$`)
 // another node's peer listener is answered 401; with the wrong key nothing is served to it
 // either, so it fetches every blob from the registry itself, and its pull works.
 func TestClusterPeerWithoutKeyRefused(t *testing.T) {
-	wrongKey := filepath.Join(t.TempDir(), "other.key")
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(wrongKey, key, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	wrongKey := harness.WritePeerKey(t)
 	c := harness.StartCluster(t, harness.ClusterOptions{Tier: true, Containerd: []int{0, 3}, DaemonConfig: func(i int, cfg *harness.DaemonConfig) {
 		if i == 3 {
 			cfg.Extra = keyFileLine.ReplaceAllLiteralString(cfg.Extra, "key_file = "+strconv.Quote(wrongKey))

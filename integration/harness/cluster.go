@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -98,14 +99,7 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	if opts.RegistryRate != "" {
 		c.RegNS.RateLimit(t, opts.RegistryRate)
 	}
-	c.KeyFile = filepath.Join(t.TempDir(), "peer.key")
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(c.KeyFile, key, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	c.KeyFile = WritePeerKey(t)
 	if opts.DNS {
 		c.DNS = c.Switch.NS.StartDNS(t, c.Switch.Addr)
 		var ips []string
@@ -118,6 +112,22 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		c.Nodes = append(c.Nodes, c.startNode(t, i))
 	}
 	return c
+}
+
+// WritePeerKey writes a new peer key file: 32 random bytes as 64 hex digits and a newline,
+// as `openssl rand -hex 32` makes one (the daemon trims surrounding whitespace, so raw random
+// bytes could come out shorter than 32).
+func WritePeerKey(t testing.TB) string {
+	t.Helper()
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "peer.key")
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // NodeAddr is node i's address on the switch.
