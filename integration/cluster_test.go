@@ -1,12 +1,10 @@
 package integration
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,48 +26,23 @@ func clusterImage(seed uint64) harness.ImageSpec {
 	return spec
 }
 
-// nodePull is one node's pull.
-type nodePull struct {
-	node int
-	took time.Duration
-	end  time.Time
-	err  error
-}
-
-// pullAt starts ref's pull on each of the nodes at once (containerd namespace ctrNS) and
-// returns a channel that yields every result and is then closed.
-func pullAt(c *harness.Cluster, nodes []int, ref, ctrNS string) <-chan nodePull {
-	out := make(chan nodePull, len(nodes))
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, i := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			defer cancel()
-			<-start
-			took, err := c.Nodes[i].Pull(ctx, ref, ctrNS)
-			out <- nodePull{node: i, took: took, end: time.Now(), err: err}
-		}()
-	}
-	close(start)
-	go func() { wg.Wait(); close(out) }()
-	return out
+// pullAt starts ref's pull on each of the nodes at once (containerd namespace ctrNS).
+func pullAt(c *harness.Cluster, nodes []int, ref, ctrNS string) <-chan harness.NodePull {
+	return c.PullAt(nodes, ref, ctrNS, 5*time.Minute)
 }
 
 // waitPulls collects the results, failing the test for each pull that failed, and prints
 // each pull's time as a MEASURE line named after what.
-func waitPulls(t *testing.T, what string, results <-chan nodePull) map[int]nodePull {
+func waitPulls(t *testing.T, what string, results <-chan harness.NodePull) map[int]harness.NodePull {
 	t.Helper()
-	took := map[int]nodePull{}
+	took := map[int]harness.NodePull{}
 	for r := range results {
-		if r.err != nil {
-			t.Errorf("%s: pull on node %d failed after %v: %v", what, r.node, r.took, r.err)
+		if r.Err != nil {
+			t.Errorf("%s: pull on node %d failed after %v: %v", what, r.Node, r.Took, r.Err)
 			continue
 		}
-		took[r.node] = r
-		t.Logf("MEASURE cluster_%s_node%d_pull_seconds=%.2f", what, r.node, r.took.Seconds())
+		took[r.Node] = r
+		t.Logf("MEASURE cluster_%s_node%d_pull_seconds=%.2f", what, r.Node, r.Took.Seconds())
 	}
 	return took
 }

@@ -3,12 +3,10 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -51,25 +49,13 @@ func (e *env) clusterRun(t *testing.T, im *harness.Image, tier, ctr bool, phases
 	c.Proxy.Reset()
 	res := clusterCase{took: map[int]time.Duration{}}
 	for _, nodes := range phases {
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for _, i := range nodes {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-				defer cancel()
-				d, err := c.Nodes[i].Pull(ctx, ref, pullNS)
-				if err != nil {
-					t.Errorf("tier=%v node %d: %v", tier, i, err)
-					return
-				}
-				mu.Lock()
-				res.took[i] = d
-				mu.Unlock()
-			}()
+		for r := range c.PullAt(nodes, ref, pullNS, 10*time.Minute) {
+			if r.Err != nil {
+				t.Errorf("tier=%v node %d: %v", tier, r.Node, r.Err)
+				continue
+			}
+			res.took[r.Node] = r.Took
 		}
-		wg.Wait()
 	}
 	if t.Failed() {
 		t.FailNow()

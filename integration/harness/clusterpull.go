@@ -17,6 +17,37 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
+// NodePull is one node's pull: its wall time, when it ended, and how.
+type NodePull struct {
+	Node int
+	Took time.Duration
+	End  time.Time
+	Err  error
+}
+
+// PullAt starts ref's pull (ClusterNode.Pull, containerd namespace ctrNS, each bounded by
+// timeout) on each of the nodes at the same moment, and returns a channel that yields every
+// result and is then closed.
+func (c *Cluster) PullAt(nodes []int, ref, ctrNS string, timeout time.Duration) <-chan NodePull {
+	out := make(chan NodePull, len(nodes))
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			<-start
+			took, err := c.Nodes[i].Pull(ctx, ref, ctrNS)
+			out <- NodePull{Node: i, Took: took, End: time.Now(), Err: err}
+		}()
+	}
+	close(start)
+	go func() { wg.Wait(); close(out) }()
+	return out
+}
+
 // Pull pulls ref ("host/repo:tag") on the node: with ctr in containerd namespace ctrNS when
 // the node runs containerd, otherwise as a client of the node's mirror (PullHTTP). It
 // returns the pull's wall time.
