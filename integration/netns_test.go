@@ -5,9 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +23,20 @@ import (
 // by the other host, processes started in a namespace are inside it, and dnsmasq's answers
 // change when the test rewrites its records.
 func TestHarnessNetns(t *testing.T) {
+	// A namespace left by a crashed run (its test process gone) is removed by the next switch.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	leftover := fmt.Sprintf("bct-%d-1-sw", gone.Process.Pid)
+	if out, err := exec.Command("ip", "netns", "add", leftover).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", leftover, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "delete", leftover).Run() })
 	sw := harness.NewSwitch(t)
+	if _, err := os.Stat("/run/netns/" + leftover); err == nil {
+		t.Errorf("leftover namespace %s of a process that is gone was not removed", leftover)
+	}
 	a := sw.AddHost(t, "n1", 11)
 	b := sw.AddHost(t, "n2", 12)
 
