@@ -99,8 +99,8 @@ func TestClusterOwnerLostMidTransfer(t *testing.T) {
 // remaining nodes at once is fetched from the registry once per blob.
 func TestClusterMembershipChangesDuringPulls(t *testing.T) {
 	c := harness.StartCluster(t, harness.ClusterOptions{
-		// 40 Mbit/s: the first image takes about 8 s, time for every node to see the change.
-		Tier: true, DNS: true, Members: 3, Containerd: []int{0, 1}, RegistryRate: "40mbit",
+		// 32 Mbit/s: the first image takes about 10 s, time for every node to see the change.
+		Tier: true, DNS: true, Members: 3, Containerd: []int{0, 1}, RegistryRate: "32mbit",
 		PeerExtra: `dns_interval = "200ms"`,
 	})
 	for _, i := range []int{0, 1, 2} {

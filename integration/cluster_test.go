@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -120,12 +122,24 @@ func registryGETsFrom(c *harness.Cluster, dg digest.Digest) map[string]int {
 	return out
 }
 
-// peerStates is what a node's `stats --json` says about the cluster tier's nodes.
+// peerStates is what a node's admin API (GET stats, what `stats --json` prints) says about
+// the cluster tier's nodes. It asks the socket directly: polling it stays cheap.
 func peerStates(t *testing.T, d *harness.Daemon) map[string]string {
 	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", d.Config.AdminAddress)
+		},
+	}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("http://admin" + adminapi.PathStats)
+	if err != nil {
+		t.Fatalf("admin stats: %v", err)
+	}
+	defer resp.Body.Close()
 	var st adminapi.StatsResponse
-	if err := json.Unmarshal([]byte(d.MustCLI(t, "stats", "--json")), &st); err != nil {
-		t.Fatalf("stats --json: %v", err)
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatalf("admin stats: %s: %v", resp.Status, err)
 	}
 	out := map[string]string{}
 	for _, p := range st.Peers {
