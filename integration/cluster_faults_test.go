@@ -76,7 +76,7 @@ func TestClusterOwnerLostMidTransfer(t *testing.T) {
 			}
 			for _, i := range pullers {
 				t.Logf("MEASURE cluster_owner_%s_node%d_after_cut_seconds=%.2f", tc.name, i, took[i].End.Sub(cut).Seconds())
-				if !c.Nodes[i].Daemon.HasBlob(big.Digest, big.Size) {
+				if !keepsBlob(c.Nodes[i].Daemon, big.Digest, big.Size) {
 					t.Errorf("node %d does not hold the largest blob", i)
 				}
 			}
@@ -186,7 +186,7 @@ func TestClusterPeerWithoutKeyRefused(t *testing.T) {
 		if gets := registryGETsFrom(c, b.Digest); gets[n3] != 1 {
 			t.Errorf("blob %s: registry GETs %v, want one from node 3 (%s): no peer may serve it", b.Digest, gets, n3)
 		}
-		if !c.Nodes[3].Daemon.HasBlob(b.Digest, b.Size) {
+		if !keepsBlob(c.Nodes[3].Daemon, b.Digest, b.Size) {
 			t.Errorf("node 3 does not hold %s", b.Digest)
 		}
 	}

@@ -75,7 +75,7 @@ func TestClusterColdPullAtOnce(t *testing.T) {
 			t.Errorf("registry served blob %s (%d bytes) to %v, want once to its owner, node %d", b.Digest, b.Size, gets, owner)
 		}
 		for _, n := range c.Nodes {
-			if !n.Daemon.HasBlob(b.Digest, b.Size) {
+			if !keepsBlob(n.Daemon, b.Digest, b.Size) {
 				t.Errorf("node %d does not hold blob %s", n.Index, b.Digest)
 			}
 		}
@@ -98,6 +98,19 @@ func ownerOf(nodes []int, dg digest.Digest) int {
 		peers = append(peers, a)
 	}
 	return addrs[cluster.Owner(peers, dg.String())]
+}
+
+// keepsBlob waits until the node's store holds dg (the daemon commits a fill just after its
+// client has the last byte) and reports whether it came.
+func keepsBlob(d *harness.Daemon, dg digest.Digest, size int64) bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for !d.HasBlob(dg, size) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
 }
 
 // largestBlob is the image's largest layer.
