@@ -31,12 +31,14 @@ func largestFill(d *harness.Daemon) int64 {
 // TestClusterOwnerLostMidTransfer: the owner of the image's largest blob is cut off (its
 // link down) or killed (SIGKILL) while it downloads that blob and streams it to the other
 // nodes; every other node's pull still completes, the rest of the blob coming from the
-// registry.
+// registry. "alive" is the same pull with nothing lost: the times to compare with, and
+// no other node asks the registry for the blob.
 func TestClusterOwnerLostMidTransfer(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		lose func(t *testing.T, n *harness.ClusterNode)
 	}{
+		{"alive", func(*testing.T, *harness.ClusterNode) {}},
 		{"link_down", func(t *testing.T, n *harness.ClusterNode) { n.NS.SetLink(t, false) }},
 		{"sigkill", func(t *testing.T, n *harness.ClusterNode) {
 			if err := n.Daemon.Kill(); err != nil {
@@ -85,6 +87,12 @@ func TestClusterOwnerLostMidTransfer(t *testing.T) {
 			others := 0
 			for _, i := range pullers {
 				others += gets[c.Nodes[i].NS.Addr]
+			}
+			if tc.name == "alive" {
+				if others != 0 || gets[c.Nodes[owner].NS.Addr] != 1 {
+					t.Errorf("owner alive: registry GETs of the largest blob %v, want one, from the owner", gets)
+				}
+				return
 			}
 			if others == 0 {
 				t.Errorf("no other node asked the registry for the largest blob after its owner was lost: %v", gets)
