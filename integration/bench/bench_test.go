@@ -156,22 +156,31 @@ func TestBench(t *testing.T) {
 	e.bin = harness.DaemonBinaryNoRace(t)
 	loadBefore := loadAverage()
 	started := time.Now()
-	e.setup(t)
-
-	rep := &Report{}
-	for _, sc := range []struct {
+	scenarios := []struct {
 		name string
 		run  func(*testing.T, *Report)
+		// own: the scenario builds its own environment (the cluster's namespaces).
+		own bool
 	}{
-		{"cold", e.coldPull},
-		{"warm", e.warmPull},
-		{"herd", e.herd},
-		{"hot", e.hotBlobScenario},
-		{"manifest", e.manifestHits},
-		{"tag", e.manifestByTag},
-		{"startup", e.startup},
-		{"proxy", e.proxyMode},
-	} {
+		{"cold", e.coldPull, false},
+		{"warm", e.warmPull, false},
+		{"herd", e.herd, false},
+		{"hot", e.hotBlobScenario, false},
+		{"manifest", e.manifestHits, false},
+		{"tag", e.manifestByTag, false},
+		{"startup", e.startup, false},
+		{"proxy", e.proxyMode, false},
+		{"cluster", e.clusterScenario, true},
+	}
+	for _, sc := range scenarios {
+		if cfg.enabled(sc.name) && !sc.own {
+			e.setup(t)
+			break
+		}
+	}
+
+	rep := &Report{}
+	for _, sc := range scenarios {
 		if !cfg.enabled(sc.name) {
 			continue
 		}
@@ -212,15 +221,8 @@ func (e *env) setup(t *testing.T) {
 	t.Cleanup(func() { link.Close() })
 	e.link = link
 
-	// ~250 MB in three layers of incompressible files.
-	var spec harness.ImageSpec
-	for i, mb := range []int64{100, 90, 60} {
-		size := e.cfg.scaled(mb << 20)
-		files := max(1, size/(4<<20))
-		spec.Layers = append(spec.Layers, harness.LayerSpec{Seed: uint64(100 + i), Files: int(files), FileSize: size / files})
-	}
 	t0 := time.Now()
-	e.image = harness.PushImage(t, e.origin.URL, imageRepo, imageTag, spec)
+	e.image = harness.PushImage(t, e.origin.URL, imageRepo, imageTag, e.imageSpec())
 	for _, l := range e.image.Layers {
 		e.imageBytes += l.Descriptor.Size
 	}
@@ -233,6 +235,17 @@ func (e *env) setup(t *testing.T) {
 	e.directSlowHosts = e.hostsDir(t, e.link.Addr, "")
 	e.directLoopHosts = e.hostsDir(t, e.origin.Host, "")
 	e.ctrd = harness.StartContainerd(t, harness.ContainerdOptions{HostsDir: e.directSlowHosts})
+}
+
+// imageSpec is the test image: ~250 MB in three layers of incompressible files.
+func (e *env) imageSpec() harness.ImageSpec {
+	var spec harness.ImageSpec
+	for i, mb := range []int64{100, 90, 60} {
+		size := e.cfg.scaled(mb << 20)
+		files := max(1, size/(4<<20))
+		spec.Layers = append(spec.Layers, harness.LayerSpec{Seed: uint64(100 + i), Files: int(files), FileSize: size / files})
+	}
+	return spec
 }
 
 func (e *env) pushBlob(t *testing.T, seed uint64, size int64) blobFile {

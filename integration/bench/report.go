@@ -16,9 +16,11 @@ const (
 	// ColMirrorMode is containerd with its built-in content store and differ, pulling
 	// through the daemon's mirror: the comparison of proxy mode's rows.
 	ColMirrorMode = "mirror mode (built-in content store)"
+	// ColTierOff is the cluster scenario's figure with the cluster tier switched off.
+	ColTierOff = "cluster tier off"
 )
 
-var comparisonColumns = []string{ColDirect, ColDist, ColNginx, ColMirrorMode}
+var comparisonColumns = []string{ColDirect, ColDist, ColNginx, ColMirrorMode, ColTierOff}
 
 // Row is one line of the report: one measure of one scenario, with the figure of
 // containerd-blobcache, the comparisons' figures by column, and the target it is judged by.

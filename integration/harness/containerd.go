@@ -47,6 +47,9 @@ type ContainerdOptions struct {
 	// socket, chosen by the transfer service's unpack_config and first in the diff service's
 	// default list (see ProxyDiffConfig). The daemon needs DiffConfig then.
 	Diff bool
+	// NS, when set, is the network namespace containerd runs in (its socket, a file, stays
+	// reachable from the test); its registry hosts are the namespace's.
+	NS *Netns
 	// EditConfig, when set, is called with the written config.toml before containerd
 	// starts (for example to run `containerd-blobcache install` on it).
 	EditConfig func(path string) error
@@ -173,7 +176,7 @@ func (c *Containerd) launch(t testing.TB) {
 	cmd := exec.Command(c.Options.Binary, "--config", c.Config)
 	cmd.Dir = c.Dir
 	cmd.Env = append(os.Environ(), "PATH="+c.tools.Dir+":"+os.Getenv("PATH"), "TMPDIR="+filepath.Join(c.Dir, "tmp"))
-	c.Process = startProcess(t, "containerd", filepath.Join(c.Dir, "containerd.log"), cmd)
+	c.Process = startProcess(t, "containerd", filepath.Join(c.Dir, "containerd.log"), c.Options.NS.wrap(cmd))
 }
 
 func (c *Containerd) configTOML() string {

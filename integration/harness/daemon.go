@@ -35,6 +35,8 @@ const (
 	ResultMiss   = string(traffic.Miss)
 	ResultBypass = string(traffic.Bypass)
 	ResultStale  = string(traffic.Stale)
+	// ResultPeer: the cluster tier's owner of the blob served it.
+	ResultPeer = string(traffic.Peer)
 )
 
 // DaemonConfig is the daemon's TOML configuration. Zero fields get test defaults from
@@ -182,7 +184,12 @@ type Daemon struct {
 	// MetricsURL is "http://" + the metrics listener, or "" when it is disabled.
 	MetricsURL string
 	Process    *Process
-	Client     *http.Client
+	// Client reaches the mirror and metrics listeners (from inside NS when it is set).
+	Client *http.Client
+	// NS is the network namespace the daemon runs in, nil for the test's own.
+	NS *Netns
+
+	bin string
 }
 
 // DaemonBinary builds ./cmd/containerd-blobcache with -race once per test binary and
@@ -210,14 +217,14 @@ func Main(m *testing.M) {
 // `containerd-blobcache serve --config FILE`, waiting until GET /v2/ answers 200.
 func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	t.Helper()
-	return startDaemon(t, DaemonBinary(t), cfg, nil, "")
+	return startDaemon(t, DaemonBinary(t), cfg, nil, "", nil)
 }
 
 // StartDaemonFrom is StartDaemon with the daemon binary at bin (for example
 // DaemonBinaryNoRace for benchmarks).
 func StartDaemonFrom(t testing.TB, bin string, cfg DaemonConfig) *Daemon {
 	t.Helper()
-	return startDaemon(t, bin, cfg, nil, "")
+	return startDaemon(t, bin, cfg, nil, "", nil)
 }
 
 // StartDaemonAs is StartDaemon running the daemon with the given credentials (nil: as this
@@ -225,10 +232,21 @@ func StartDaemonFrom(t testing.TB, bin string, cfg DaemonConfig) *Daemon {
 // reachable by that user ("" makes a test temporary directory, which is not).
 func StartDaemonAs(t testing.TB, cfg DaemonConfig, cred *syscall.Credential, dir string) *Daemon {
 	t.Helper()
-	return startDaemon(t, DaemonBinary(t), cfg, cred, dir)
+	return startDaemon(t, DaemonBinary(t), cfg, cred, dir, nil)
 }
 
-func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Credential, dir string) *Daemon {
+// StartDaemon is StartDaemon (bin "": the race build) run inside the namespace: its
+// loopback mirror and metrics listeners are the namespace's own, and the Daemon's Client
+// connects from inside it.
+func (n *Netns) StartDaemon(t testing.TB, bin string, cfg DaemonConfig) *Daemon {
+	t.Helper()
+	if bin == "" {
+		bin = DaemonBinary(t)
+	}
+	return startDaemon(t, bin, cfg, nil, "", n)
+}
+
+func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Credential, dir string, ns *Netns) *Daemon {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -277,7 +295,9 @@ func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Crede
 		Addr:       cfg.Address,
 		URL:        "http://" + cfg.Address,
 		MetricsURL: metricsURL(cfg.MetricsAddress),
-		Client:     &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 32}},
+		Client:     ns.HTTPClient(2 * time.Minute),
+		NS:         ns,
+		bin:        bin,
 	}
 	if err := os.WriteFile(d.ConfigPath, []byte(cfg.TOML()), 0o644); err != nil {
 		t.Fatal(err)
@@ -293,8 +313,8 @@ func startDaemon(t testing.TB, bin string, cfg DaemonConfig, cred *syscall.Crede
 	if cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
-	d.Process = startProcess(t, "containerd-blobcache", filepath.Join(dir, "daemon.log"), cmd)
-	waitHTTP200(t, d.Process, d.URL+"/v2/", 60*time.Second)
+	d.Process = startProcess(t, "containerd-blobcache", filepath.Join(dir, "daemon.log"), ns.wrap(cmd))
+	waitHTTP200With(t, d.Client, d.Process, d.URL+"/v2/", 60*time.Second)
 	return d
 }
 
@@ -414,12 +434,23 @@ func (d *Daemon) Do(ctx context.Context, method, path, registry string, header h
 
 // GetBlob GETs a blob through the mirror for registry (the ?ns= value).
 func (d *Daemon) GetBlob(ctx context.Context, registry, repo string, dg digest.Digest) (MirrorResponse, error) {
-	return d.Do(ctx, http.MethodGet, "/v2/"+repo+"/blobs/"+dg.String(), registry, nil)
+	return d.GetBlobWith(ctx, registry, repo, dg, nil)
+}
+
+// GetBlobWith is GetBlob with the given request headers (an Authorization).
+func (d *Daemon) GetBlobWith(ctx context.Context, registry, repo string, dg digest.Digest, header http.Header) (MirrorResponse, error) {
+	return d.Do(ctx, http.MethodGet, "/v2/"+repo+"/blobs/"+dg.String(), registry, header)
 }
 
 // PortClosed reports whether nothing accepts connections on the mirror's address.
 func (d *Daemon) PortClosed() bool {
-	conn, err := net.DialTimeout("tcp", d.Addr, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	dial := (&net.Dialer{}).DialContext
+	if d.NS != nil {
+		dial = d.NS.DialContext
+	}
+	conn, err := dial(ctx, "tcp", d.Addr)
 	if err != nil {
 		return true
 	}

@@ -25,10 +25,14 @@ func (d *Daemon) Restart(t testing.TB) {
 	if exited, _ := d.Process.Exited(); !exited {
 		t.Fatalf("restart: daemon pid %d still running", d.Process.PID())
 	}
-	cmd := exec.Command(DaemonBinary(t), "serve", "--config", d.ConfigPath)
+	bin := d.bin
+	if bin == "" {
+		bin = DaemonBinary(t)
+	}
+	cmd := exec.Command(bin, "serve", "--config", d.ConfigPath)
 	cmd.Dir = filepath.Dir(d.ConfigPath)
-	d.Process = startProcess(t, "containerd-blobcache", d.Process.LogPath, cmd)
-	waitHTTP200(t, d.Process, d.URL+"/v2/", 60*time.Second)
+	d.Process = startProcess(t, "containerd-blobcache", d.Process.LogPath, d.NS.wrap(cmd))
+	waitHTTP200With(t, d.Client, d.Process, d.URL+"/v2/", 60*time.Second)
 }
 
 // CLI runs `containerd-blobcache ARGS... --address ADMIN` and returns its stdout, stderr and

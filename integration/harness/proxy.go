@@ -42,7 +42,9 @@ type ProxiedRequest struct {
 	Direct    bool   // carried DirectHeader: containerd talking to the registry itself
 	UserAgent string
 	Range     string
-	Status    int
+	// Remote is the client's IP address (which node asked, on a switch).
+	Remote string
+	Status int
 	// Result is the response's X-Blobcache-Result header (when the proxy fronts the daemon).
 	Result string
 	// BodyBytes is how many response body bytes went to the client.
@@ -75,6 +77,25 @@ func StartCountingProxy(t testing.TB, originURL string) *CountingProxy {
 	if err != nil {
 		t.Fatalf("counting proxy listen: %v", err)
 	}
+	return serveCountingProxy(t, origin, l, (&net.Dialer{Timeout: 5 * time.Second}).DialContext)
+}
+
+// StartCountingProxy starts a counting proxy listening on addr ("10.213.0.9:5000") inside
+// the namespace, in front of originURL as the namespace sees it (its loopback registry).
+func (n *Netns) StartCountingProxy(t testing.TB, addr, originURL string) *CountingProxy {
+	t.Helper()
+	origin, err := url.Parse(originURL)
+	if err != nil {
+		t.Fatalf("counting proxy origin %q: %v", originURL, err)
+	}
+	l, err := n.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("counting proxy listen in %s: %v", n.Name, err)
+	}
+	return serveCountingProxy(t, origin, l, n.DialContext)
+}
+
+func serveCountingProxy(t testing.TB, origin *url.URL, l net.Listener, dial func(context.Context, string, string) (net.Conn, error)) *CountingProxy {
 	p := &CountingProxy{Host: l.Addr().String(), Origin: origin}
 	p.URL = "http://" + p.Host
 	rp := &httputil.ReverseProxy{
@@ -84,7 +105,7 @@ func StartCountingProxy(t testing.TB, originURL string) *CountingProxy {
 		},
 		Transport: &http.Transport{
 			Proxy:                 nil,
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			DialContext:           dial,
 			MaxIdleConnsPerHost:   64,
 			IdleConnTimeout:       30 * time.Second,
 			ResponseHeaderTimeout: 60 * time.Second,
@@ -120,6 +141,7 @@ func (p *CountingProxy) handler(next http.Handler) http.Handler {
 			UserAgent: r.UserAgent(),
 			Range:     r.Header.Get("Range"),
 		}
+		rec.Remote, _, _ = net.SplitHostPort(r.RemoteAddr)
 		cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
 		p.mu.Lock()
 		intercept := p.intercept

@@ -20,6 +20,8 @@ type Registry struct {
 	URL     string
 	Dir     string
 	Process *Process
+	// Client reaches the registry (from inside its namespace when it runs in one).
+	Client *http.Client
 }
 
 // StartRegistry starts `registry serve` with a config of its own and waits until /v2/
@@ -27,6 +29,12 @@ type Registry struct {
 func StartRegistry(t testing.TB) *Registry {
 	t.Helper()
 	return startRegistryWith(t, registrySetup{})
+}
+
+// StartRegistry is StartRegistry inside the namespace, on its loopback; Client reaches it.
+func (n *Netns) StartRegistry(t testing.TB) *Registry {
+	t.Helper()
+	return startRegistryWith(t, registrySetup{ns: n})
 }
 
 // StartPullThroughRegistry starts distribution as a pull-through cache of remoteURL (its
@@ -45,8 +53,10 @@ type registrySetup struct {
 	scheme string
 	// storage is the filesystem root to serve; "" a new one.
 	storage string
-	// client checks readiness (default: a plain client).
+	// client checks readiness (default: a plain client, or one that dials inside ns).
 	client *http.Client
+	// ns, when set, is the network namespace the registry runs in.
+	ns *Netns
 }
 
 func startRegistryWith(t testing.TB, setup registrySetup) *Registry {
@@ -95,9 +105,13 @@ http:
 	if scheme == "" {
 		scheme = "http"
 	}
-	r := &Registry{Host: host, URL: scheme + "://" + host, Dir: dir}
-	r.Process = startProcess(t, "registry-"+host, logPathFor(dir, "registry"), cmd)
-	waitHTTP200With(t, setup.client, r.Process, r.URL+"/v2/", 30*time.Second)
+	client := setup.client
+	if client == nil {
+		client = setup.ns.HTTPClient(5 * time.Minute)
+	}
+	r := &Registry{Host: host, URL: scheme + "://" + host, Dir: dir, Client: client}
+	r.Process = startProcess(t, "registry-"+host, logPathFor(dir, "registry"), setup.ns.wrap(cmd))
+	waitHTTP200With(t, client, r.Process, r.URL+"/v2/", 30*time.Second)
 	return r
 }
 

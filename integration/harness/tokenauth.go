@@ -38,6 +38,7 @@ type TokenServer struct {
 
 	key          *ecdsa.PrivateKey
 	x5c          string
+	client       *http.Client
 	users        map[string]string
 	publicPrefix string
 	srv          *http.Server
@@ -55,7 +56,24 @@ func StartTokenServer(t testing.TB, users map[string]string, publicPrefix string
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveTokenServer(t, l, http.DefaultClient, key, der, users, publicPrefix, lifetime)
+}
+
+// StartTokenServer starts a token server listening on addr inside the namespace (its realm
+// is then reachable from the other namespaces on the switch).
+func (n *Netns) StartTokenServer(t testing.TB, addr string, users map[string]string, publicPrefix string, lifetime time.Duration) *TokenServer {
+	t.Helper()
+	der, _, key := newSelfSigned(t, TokenIssuer)
+	l, err := n.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveTokenServer(t, l, n.HTTPClient(30*time.Second), key, der, users, publicPrefix, lifetime)
+}
+
+func serveTokenServer(t testing.TB, l net.Listener, client *http.Client, key *ecdsa.PrivateKey, der []byte, users map[string]string, publicPrefix string, lifetime time.Duration) *TokenServer {
 	ts := &TokenServer{
+		client:       client,
 		URL:          "http://" + l.Addr().String(),
 		CertPEM:      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
 		Lifetime:     lifetime,
@@ -223,7 +241,7 @@ func (ts *TokenServer) Token(t testing.TB, user, pass, scope string) string {
 	if user != "" {
 		req.SetBasicAuth(user, pass)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := ts.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,13 +263,23 @@ func (ts *TokenServer) Token(t testing.TB, user, pass, scope string) string {
 // without auth, and pull here).
 func StartTokenRegistry(t testing.TB, storageDir string, ts *TokenServer) *Registry {
 	t.Helper()
+	return startTokenRegistry(t, storageDir, ts, nil, FreeAddr(t))
+}
+
+// StartTokenRegistry is StartTokenRegistry listening on addr inside the namespace.
+func (n *Netns) StartTokenRegistry(t testing.TB, addr, storageDir string, ts *TokenServer) *Registry {
+	t.Helper()
+	return startTokenRegistry(t, storageDir, ts, n, addr)
+}
+
+func startTokenRegistry(t testing.TB, storageDir string, ts *TokenServer, ns *Netns, host string) *Registry {
+	t.Helper()
 	tools := Tools(t)
 	dir := t.TempDir()
 	certPath := filepath.Join(dir, "token-ca.pem")
 	if err := os.WriteFile(certPath, []byte(ts.CertPEM), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	host := FreeAddr(t)
 	config := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -281,10 +309,10 @@ http:
 	cmd := exec.Command(tools.Registry, "serve", cfgPath)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_SDK_DISABLED=true")
-	r := &Registry{Host: host, URL: "http://" + host, Dir: dir}
-	r.Process = startProcess(t, "token-registry-"+host, logPathFor(dir, "registry"), cmd)
+	r := &Registry{Host: host, URL: "http://" + host, Dir: dir, Client: ns.HTTPClient(5 * time.Minute)}
+	r.Process = startProcess(t, "token-registry-"+host, logPathFor(dir, "registry"), ns.wrap(cmd))
 	// /v2/ answers 401 with token auth: wait for the challenge instead of a 200.
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := ns.HTTPClient(2 * time.Second)
 	WaitFor(t, "token registry readiness", 30*time.Second, 50*time.Millisecond, func() error {
 		if exited, err := r.Process.Exited(); exited {
 			return fmt.Errorf("%w: registry exited (%v); log:\n%s", errStop, err, TailFile(r.Process.LogPath, 8<<10))

@@ -273,8 +273,9 @@ log_level = "info"
   # "host:port" of the one DNS server to ask for dns_name. Empty: the system resolver.
   dns_server = ""
 
-  # File holding the shared key (at least 32 bytes) with which peers sign their requests and
-  # answers. Set it, or the three TLS files, or both: the listener answers only peers that
+  # File holding the shared key with which peers sign their requests and answers: text of at
+  # least 32 characters once surrounding whitespace is trimmed (head -c 32 /dev/urandom |
+  # base64), the same on every node. Set it, or the three TLS files, or both: the listener answers only peers that
   # prove themselves.
   key_file = ""
 
