@@ -262,6 +262,12 @@ func (h *Handler) serveStored(q *request, dgst digest.Digest, result traffic.Res
 	hdr.Set("Etag", `"`+dgst.String()+`"`)
 	hdr.Set(traffic.ResultHeader, string(result))
 	q.w.result = result
+	if manifest && q.r.Method == http.MethodGet && info.Size <= h.maxManifestSize {
+		body := make([]byte, info.Size)
+		if _, err := f.ReadAt(body, 0); err == nil {
+			h.noteManifest(q, mediaType, body)
+		}
+	}
 	// No source is recorded here: serving from the store proves nothing about the registry.
 	http.ServeContent(q.w, q.r, "", time.Time{}, f)
 	return true
