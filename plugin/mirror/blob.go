@@ -262,7 +262,7 @@ func (h *Handler) serveStored(q *request, dgst digest.Digest, result traffic.Res
 	hdr.Set("Etag", `"`+dgst.String()+`"`)
 	hdr.Set(traffic.ResultHeader, string(result))
 	q.w.result = result
-	if manifest && q.r.Method == http.MethodGet && info.Size <= h.maxManifestSize {
+	if manifest && info.Size <= h.maxManifestSize {
 		body := make([]byte, info.Size)
 		if _, err := f.ReadAt(body, 0); err == nil {
 			h.noteManifest(q, mediaType, body)

@@ -102,10 +102,12 @@ func (l *listedBlobs) add(lm *listedManifest) {
 }
 
 // noteManifest remembers the blobs of an image manifest about to be served to the client of
-// q (who may read it: access was checked before). An index
-// lists manifests, which containerd fetches (and the mirror notes) in turn.
+// q (who may read it: access was checked before), for a GET or a HEAD: containerd resolves a
+// tag with a HEAD, and in proxy mode then finds the manifest in the content store, which the
+// mirror's fetch of it filled, without a GET. An index lists manifests, which containerd
+// fetches (and the mirror notes) in turn.
 func (h *Handler) noteManifest(q *request, mediaType string, body []byte) {
-	if q.r.Method != http.MethodGet || !images.IsManifestType(mediaType) {
+	if !images.IsManifestType(mediaType) {
 		return
 	}
 	var m ocispec.Manifest

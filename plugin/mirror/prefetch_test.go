@@ -75,13 +75,23 @@ func TestPrefetchFillsTheBlobsOfAServedManifest(t *testing.T) {
 	}
 }
 
-func TestPrefetchOfAnUnknownDigestAsksNobody(t *testing.T) {
+// containerd resolves a tag with a HEAD and, in proxy mode, then reads the manifest from the
+// content store (which the mirror's fetch filled) without a GET: a HEAD lists the blobs too.
+func TestPrefetchAfterAManifestHEAD(t *testing.T) {
 	fx := newFixture(t)
 	_, blobs := listedImage(t, fx)
-	// A HEAD serves no manifest body: nothing is listed.
 	if resp, _ := fx.do(http.MethodHead, "/v2/app/manifests/v1", nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("HEAD manifest: %d", resp.StatusCode)
 	}
+	if ok, err := fx.handler.Prefetch(t.Context(), blobs[0]); !ok || err != nil {
+		t.Fatalf("Prefetch after a HEAD of the manifest: %v %v", ok, err)
+	}
+}
+
+func TestPrefetchOfAnUnknownDigestAsksNobody(t *testing.T) {
+	fx := newFixture(t)
+	_, blobs := listedImage(t, fx)
+	// The manifest was never asked for: nothing is listed.
 	for _, d := range append(blobs, digest.FromString("unknown")) {
 		ok, err := fx.handler.Prefetch(t.Context(), d)
 		if ok || err != nil {
