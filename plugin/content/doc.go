@@ -71,8 +71,9 @@
 // once the fill is committed. So a cold pull moves each blob once, origin to store, and
 // containerd neither downloads it through the mirror nor streams it back here. A digest no
 // served manifest lists is answered NotFound at once; a fill that fails, or does not commit
-// within DefaultPrefetchWait (kept short because containerd's metadata writes wait meanwhile),
-// is answered NotFound too, and containerd downloads the blob the usual way, below.
+// within content.info_fill_wait (kept short because containerd's metadata writes wait
+// meanwhile), is answered NotFound too, and containerd downloads the blob the usual way,
+// below.
 //
 // # One write per blob
 //

@@ -58,7 +58,7 @@ func TestInfoFillsAListedBlob(t *testing.T) {
 	data, d := testBlob(4000)
 	_, unknown := testBlob(5)
 	p := &fakePrefetcher{cache: s.cache, listed: map[digest.Digest][]byte{d: data}}
-	s.svc.Store().SetPrefetcher(p, 0)
+	s.svc.Store().SetPrefetcher(p, time.Minute)
 
 	info, err := s.client.Info(ctx, d)
 	if err != nil || info.Size != int64(len(data)) {
@@ -80,7 +80,7 @@ func TestInfoFillsAListedBlob(t *testing.T) {
 func TestInfoOfAFailedPrefetchIsNotFound(t *testing.T) {
 	s := newServed(t)
 	data, d := testBlob(4000)
-	s.svc.Store().SetPrefetcher(&fakePrefetcher{cache: s.cache, listed: map[digest.Digest][]byte{d: data}, fail: errors.New("upstream answered 500")}, 0)
+	s.svc.Store().SetPrefetcher(&fakePrefetcher{cache: s.cache, listed: map[digest.Digest][]byte{d: data}, fail: errors.New("upstream answered 500")}, time.Minute)
 	if _, err := s.client.Info(t.Context(), d); !errdefs.IsNotFound(err) {
 		t.Fatalf("Info when the fill fails: %v, want not found", err)
 	}
@@ -95,5 +95,15 @@ func TestInfoWaitsForAPrefetchAtMostItsBound(t *testing.T) {
 	s.svc.Store().SetPrefetcher(&fakePrefetcher{cache: s.cache, listed: map[digest.Digest][]byte{d: data}, block: true}, 50*time.Millisecond)
 	if _, err := s.client.Info(t.Context(), d); !errdefs.IsNotFound(err) {
 		t.Fatalf("Info when the fill does not finish in time: %v, want not found", err)
+	}
+}
+
+func TestInfoFillTurnedOff(t *testing.T) {
+	s := newServed(t)
+	data, d := testBlob(4000)
+	p := &fakePrefetcher{cache: s.cache, listed: map[digest.Digest][]byte{d: data}}
+	s.svc.Store().SetPrefetcher(p, 0)
+	if _, err := s.client.Info(t.Context(), d); !errdefs.IsNotFound(err) || p.count() != 0 {
+		t.Fatalf("Info with content.info_fill_wait 0: %v, %d prefetches", err, p.count())
 	}
 }

@@ -34,17 +34,15 @@ type Prefetcher interface {
 	Prefetch(ctx context.Context, dgst digest.Digest) (bool, error)
 }
 
-// DefaultPrefetchWait bounds how long an Info waits for a prefetch: containerd's metadata
-// store asks Info inside its write transaction, so a long wait delays containerd's other
-// metadata writes; past it, Info answers NotFound and containerd downloads the blob through
-// the mirror, joining the fill.
-const DefaultPrefetchWait = 20 * time.Second
-
 // SetPrefetcher makes Info fill a blob it does not find through p, waiting at most wait
-// (DefaultPrefetchWait when 0). Call it before the service serves.
+// (content.info_fill_wait). Keep wait short: containerd's metadata store asks Info inside its
+// write transaction, so a long wait delays containerd's other metadata writes; past it, Info
+// answers NotFound and containerd downloads the blob through the mirror, joining the fill.
+// A nil p or a wait of 0 turns it off. Call it before the service serves.
 func (s *Store) SetPrefetcher(p Prefetcher, wait time.Duration) {
-	if wait <= 0 {
-		wait = DefaultPrefetchWait
+	if p == nil || wait <= 0 {
+		s.prefetch, s.prefetchWait = nil, 0
+		return
 	}
 	s.prefetch, s.prefetchWait = p, wait
 }

@@ -175,7 +175,7 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if contentSvc != nil {
 		// containerd's Info before a download is answered by the mirror filling the blob
 		// when a manifest it served lists it (plugin/mirror/prefetch.go).
-		contentSvc.Store().SetPrefetcher(handler, 0)
+		contentSvc.Store().SetPrefetcher(handler, cfg.Content.InfoFillWait.D())
 	}
 	srv := &http.Server{
 		Handler:           handler,
