@@ -263,10 +263,11 @@ func (h *Handler) serveStored(q *request, dgst digest.Digest, result traffic.Res
 	hdr.Set(traffic.ResultHeader, string(result))
 	q.w.result = result
 	if manifest && info.Size <= h.maxManifestSize {
-		body := make([]byte, info.Size)
-		if _, err := f.ReadAt(body, 0); err == nil {
-			h.noteManifest(q, mediaType, body)
-		}
+		h.noteManifest(q, dgst, mediaType, func() ([]byte, error) {
+			body := make([]byte, info.Size)
+			_, err := f.ReadAt(body, 0)
+			return body, err
+		})
 	}
 	// No source is recorded here: serving from the store proves nothing about the registry.
 	http.ServeContent(q.w, q.r, "", time.Time{}, f)

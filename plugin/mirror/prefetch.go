@@ -32,17 +32,23 @@ const (
 	// listedTTL is how long the blobs of a served manifest stay known: a pull asks for them
 	// within seconds; a registry token in the remembered Authorization expires in minutes.
 	listedTTL = 10 * time.Minute
-	// listedMax bounds the blobs remembered (a few hundred images' worth).
+	// listedMax bounds the blobs remembered (a few hundred images' worth), and the manifests.
 	listedMax = 4096
+	// listedRefresh: a manifest served again to the same client within this is not parsed and
+	// listed again (a busy tag is asked for many times a second).
+	listedRefresh = time.Minute
 	// siblingFills bounds the fills of a manifest's other blobs started in the background.
 	siblingFills = 4
 )
 
 // listedManifest is what the mirror needs to fill the blobs a served manifest lists.
 type listedManifest struct {
+	manifest digest.Digest
 	endpoint resolver.Endpoint
 	repo     string
 	header   http.Header // the client's Authorization only
+	client   string      // credentialID of that Authorization
+	listed   time.Time
 	// daemonCredentials: the registry's requests carry the daemon's credentials.
 	daemonCredentials bool
 	blobs             []ocispec.Descriptor
@@ -57,6 +63,18 @@ type listedBlobs struct {
 
 	mu sync.Mutex
 	m  map[digest.Digest]*listedManifest
+	// byManifest is the last listing of each manifest digest.
+	byManifest map[digest.Digest]*listedManifest
+}
+
+// recent reports whether manifest was listed for the same registry, repository and client
+// less than listedRefresh ago.
+func (l *listedBlobs) recent(manifest digest.Digest, registry, repo, client string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lm := l.byManifest[manifest]
+	return lm != nil && lm.endpoint.Name == registry && lm.repo == repo && lm.client == client &&
+		l.now().Before(lm.listed.Add(listedRefresh))
 }
 
 func (l *listedBlobs) get(dgst digest.Digest) (*listedManifest, ocispec.Descriptor, bool) {
@@ -83,14 +101,23 @@ func (l *listedBlobs) add(lm *listedManifest) {
 	defer l.mu.Unlock()
 	if l.m == nil {
 		l.m = map[digest.Digest]*listedManifest{}
+		l.byManifest = map[digest.Digest]*listedManifest{}
 	}
 	now := l.now()
-	if len(l.m)+len(lm.blobs) > listedMax {
+	if len(l.m)+len(lm.blobs) > listedMax || len(l.byManifest) >= listedMax {
 		for d, old := range l.m {
 			if !now.Before(old.expires) {
 				delete(l.m, d)
 			}
 		}
+		for d, old := range l.byManifest {
+			if !now.Before(old.expires) {
+				delete(l.byManifest, d)
+			}
+		}
+	}
+	if _, known := l.byManifest[lm.manifest]; known || len(l.byManifest) < listedMax {
+		l.byManifest[lm.manifest] = lm
 	}
 	for _, d := range lm.blobs {
 		if _, known := l.m[d.Digest]; !known && len(l.m) >= listedMax {
@@ -105,21 +132,31 @@ func (l *listedBlobs) add(lm *listedManifest) {
 // q (who may read it: access was checked before), for a GET or a HEAD: containerd resolves a
 // tag with a HEAD, and in proxy mode then finds the manifest in the content store, which the
 // mirror's fetch of it filled, without a GET. An index lists manifests, which containerd
-// fetches (and the mirror notes) in turn.
-func (h *Handler) noteManifest(q *request, mediaType string, body []byte) {
-	if !images.IsManifestType(mediaType) {
+// fetches (and the mirror notes) in turn. read returns the manifest's bytes; it is called only
+// when the manifest is not listed for this client already.
+func (h *Handler) noteManifest(q *request, dgst digest.Digest, mediaType string, read func() ([]byte, error)) {
+	client := credentialID(q.r)
+	if !images.IsManifestType(mediaType) || h.listed.recent(dgst, q.endpoint.Name, q.target.repo, client) {
+		return
+	}
+	body, err := read()
+	if err != nil {
 		return
 	}
 	var m ocispec.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
 		return
 	}
+	now := h.now()
 	lm := &listedManifest{
+		manifest:          dgst,
 		endpoint:          q.endpoint,
 		repo:              q.target.repo,
 		header:            http.Header{},
+		client:            client,
+		listed:            now,
 		daemonCredentials: q.daemonCredentials,
-		expires:           h.now().Add(listedTTL),
+		expires:           now.Add(listedTTL),
 	}
 	if a := q.r.Header.Values("Authorization"); len(a) > 0 {
 		lm.header["Authorization"] = a

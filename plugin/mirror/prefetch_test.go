@@ -3,6 +3,7 @@ package mirror
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
@@ -198,5 +199,33 @@ func TestPrefetchUsesTheClientsCredentials(t *testing.T) {
 	// And the mirror still refuses it to a client without them.
 	if resp, _ := fx.do(http.MethodGet, "/v2/app/blobs/"+blobs[1].String(), nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("anonymous GET of a privately prefetched blob: %d", resp.StatusCode)
+	}
+}
+
+func TestListedBlobsAreBounded(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	l := listedBlobs{now: func() time.Time { return now }}
+	manifest := func(i int) *listedManifest {
+		lm := &listedManifest{manifest: digest.FromString(fmt.Sprint("manifest", i)), listed: now, expires: now.Add(listedTTL)}
+		for j := range 3 {
+			lm.blobs = append(lm.blobs, ocispec.Descriptor{Digest: digest.FromString(fmt.Sprint(i, "/", j))})
+		}
+		return lm
+	}
+	for i := range listedMax {
+		l.add(manifest(i))
+	}
+	if len(l.m) > listedMax || len(l.byManifest) > listedMax {
+		t.Fatalf("%d blobs and %d manifests listed, bound %d", len(l.m), len(l.byManifest), listedMax)
+	}
+	// Once those expired, new listings take their place.
+	now = now.Add(listedTTL + time.Second)
+	fresh := manifest(listedMax + 1)
+	l.add(fresh)
+	if _, _, ok := l.get(fresh.blobs[0].Digest); !ok {
+		t.Fatal("a new listing is refused once the old ones expired")
+	}
+	if len(l.m) != len(fresh.blobs) {
+		t.Fatalf("%d blobs listed after expiry, want %d", len(l.m), len(fresh.blobs))
 	}
 }
