@@ -649,7 +649,8 @@ func TestProxyDaemonKilledDuringPull(t *testing.T) {
 	defer close(release)
 
 	pull := pullInBackground(c, "killed", ref, e.hostsDir)
-	// containerd is writing the stalled layer through the content API.
+	// containerd is writing the stalled layer through the content API (after its Info has
+	// waited content.info_fill_wait for the daemon's stalled fill of it and answered not found).
 	harness.WaitFor(t, "an ingest of the stalled layer", 60*time.Second, 50*time.Millisecond, func() error {
 		out, err := c.CtrE(context.Background(), "killed", "content", "active")
 		if err != nil {

@@ -66,6 +66,9 @@ type ContentConfig struct {
 	Address         string   `toml:"address"`
 	SocketGroup     string   `toml:"socket_group"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// InfoFillWait bounds how long an Info waits for the mirror to fill a blob that a
+	// manifest it served lists; 0 turns that off.
+	InfoFillWait Duration `toml:"info_fill_wait"`
 }
 
 // DiffConfig configures containerd's diff API (Apply, Compare), served on the content API's
@@ -209,6 +212,7 @@ func Default() Config {
 			Address:         DefaultContentAddress,
 			SocketGroup:     "",
 			ShutdownTimeout: Duration(5 * time.Second),
+			InfoFillWait:    Duration(10 * time.Second),
 		},
 		// Off by default: applying layers writes into containerd's snapshot directories and
 		// mounts, which needs root's capabilities (proxy mode's unit grants them).
@@ -303,6 +307,9 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			return bad(d.key, "must be a positive duration such as \"5s\"")
 		}
+	}
+	if c.Content.InfoFillWait < 0 {
+		return bad("content.info_fill_wait", "must not be negative (0 turns it off)")
 	}
 	if c.Upstream.CredentialsReloadInterval < 0 {
 		return bad("upstream.credentials_reload_interval", "must not be negative (0 disables the check)")

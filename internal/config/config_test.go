@@ -94,7 +94,7 @@ enabled = true
 		cfg.Store.TagFreshness.D() != 10*time.Second || !reflect.DeepEqual(cfg.Upstream.PlainHTTP, []string{"127.0.0.1:5000"}) {
 		t.Fatalf("overrides not applied: %+v", cfg)
 	}
-	if want := (ContentConfig{Enabled: true, Address: "/run/bc/c.sock", SocketGroup: "containerd", ShutdownTimeout: Default().Content.ShutdownTimeout}); cfg.Content != want {
+	if want := (ContentConfig{Enabled: true, Address: "/run/bc/c.sock", SocketGroup: "containerd", ShutdownTimeout: Default().Content.ShutdownTimeout, InfoFillWait: Default().Content.InfoFillWait}); cfg.Content != want {
 		t.Fatalf("content = %+v, want %+v", cfg.Content, want)
 	}
 	if !cfg.Diff.Enabled {
@@ -127,6 +127,7 @@ func TestParseRefusesAndNamesTheKey(t *testing.T) {
 		{"content socket is a directory", "[content]\naddress = \"/run/x/\"", "content.address"},
 		{"bad socket group", "[content]\nsocket_group = \"a b\"", "content.socket_group"},
 		{"content shutdown timeout", "[content]\nshutdown_timeout = \"0s\"", "content.shutdown_timeout"},
+		{"negative content info fill wait", "[content]\ninfo_fill_wait = \"-1s\"", "content.info_fill_wait"},
 		{"content enabled not a bool", "[content]\nenabled = \"yes\"", "enabled"},
 		{"diff without content", "[diff]\nenabled = true", "content.enabled"},
 		{"relative containerd socket", "[diff]\ncontainerd_address = \"containerd.sock\"", "diff.containerd_address"},

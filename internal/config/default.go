@@ -204,6 +204,16 @@ log_level = "info"
   # meanwhile rather than waiting.
   shutdown_timeout = "5s"
 
+  # containerd (shared content policy, its default) asks the content API's Info before it
+  # downloads a blob. For a blob that a manifest the mirror served in the last ten minutes
+  # lists, the daemon then fills it through the mirror (as a blob GET of that client would)
+  # and answers found once it is stored: containerd downloads nothing and writes nothing back.
+  # This bounds how long Info waits for that fill: containerd asks Info inside its metadata
+  # database's write transaction, so its other metadata writes wait meanwhile. Past it, or if
+  # the fill fails, Info answers not found and containerd downloads the blob through the
+  # mirror, joining the fill in progress. "0s" turns the fill on Info off.
+  info_fill_wait = "10s"
+
 [diff]
   # Serve containerd's diff API (Apply, Compare) on the content socket (content.address; so
   # content.enabled must be true too): containerd unpacks layers through this daemon, which

@@ -58,10 +58,28 @@
 // digest, or a Commit of the same bytes, reports AlreadyExists (as the local store does) and
 // records the hold; the ingest is dropped.
 //
+// # Info fills what the mirror listed
+//
+// containerd's metadata store, with its default shared content policy, asks Info before it
+// opens a writer for a blob, inside its write transaction, and commits the blob for the
+// namespace without downloading it when Info succeeds. So Info does not stop at the store:
+// for a blob it does not find it asks the Prefetcher (set with SetPrefetcher; the server wires
+// the mirror, which remembers for ten minutes the config and layers of each manifest it
+// served, and under which registry, repository and client Authorization). For such a blob the
+// mirror starts or joins its ordinary fill (peers first, then the registry; one download per
+// digest), with the other blobs of that manifest filled in the background, and Info answers
+// once the fill is committed. So a cold pull moves each blob once, origin to store, and
+// containerd neither downloads it through the mirror nor streams it back here. A digest no
+// served manifest lists is answered NotFound at once; a fill that fails, or does not commit
+// within content.info_fill_wait (kept short because containerd's metadata writes wait
+// meanwhile), is answered NotFound too, and containerd downloads the blob the usual way,
+// below.
+//
 // # One write per blob
 //
-// On a cold pull containerd fetches each blob through the daemon's mirror, whose fill writes
-// it into the store, and writes the bytes it received back through this API. A writer for a
+// Without that (the isolated policy, or a fill that failed), containerd fetches each blob
+// through the daemon's mirror, whose fill writes it into the store, and writes the bytes it
+// received back through this API. A writer for a
 // blob the store has or is filling (named by the expected digest or, since containerd's
 // metadata store strips that, by the digest in the ingest ref) discards what it is sent; its
 // Commit waits for the fill (bounded by the caller's context) and holds the store's verified

@@ -3,6 +3,7 @@ package content
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/pkg/filters"
@@ -20,6 +21,30 @@ import (
 type Store struct {
 	cache *blobcache.Store
 	local content.Store
+	// prefetch, when set, fills a blob Info does not find (see SetPrefetcher).
+	prefetch     Prefetcher
+	prefetchWait time.Duration
+}
+
+// Prefetcher fills a blob the store does not have yet but knows how to get (the mirror, for
+// the blobs of a manifest it served lately). Prefetch returns true once the blob is committed
+// in the store; false at once for a digest it knows nothing about; false with an error when
+// the fill failed. It returns when ctx is done at the latest.
+type Prefetcher interface {
+	Prefetch(ctx context.Context, dgst digest.Digest) (bool, error)
+}
+
+// SetPrefetcher makes Info fill a blob it does not find through p, waiting at most wait
+// (content.info_fill_wait). Keep wait short: containerd's metadata store asks Info inside its
+// write transaction, so a long wait delays containerd's other metadata writes; past it, Info
+// answers NotFound and containerd downloads the blob through the mirror, joining the fill.
+// A nil p or a wait of 0 turns it off. Call it before the service serves.
+func (s *Store) SetPrefetcher(p Prefetcher, wait time.Duration) {
+	if p == nil || wait <= 0 {
+		s.prefetch, s.prefetchWait = nil, 0
+		return
+	}
+	s.prefetch, s.prefetchWait = p, wait
 }
 
 var _ content.Store = (*Store)(nil)
@@ -53,10 +78,33 @@ func (s *Store) Info(ctx context.Context, dgst digest.Digest) (content.Info, err
 	if err := checkDigest(dgst); err != nil {
 		return content.Info{}, err
 	}
-	if _, err := s.cache.Hold(ctx, dgst); err != nil {
+	_, err := s.cache.Hold(ctx, dgst)
+	if errdefs.IsNotFound(err) && s.prefetched(ctx, dgst) {
+		_, err = s.cache.Hold(ctx, dgst)
+	}
+	if err != nil {
 		return content.Info{}, err
 	}
 	return s.local.Info(ctx, dgst)
+}
+
+// prefetched asks the prefetcher for a blob Info did not find. Any failure is only logged:
+// Info then answers NotFound as it would without one, and containerd downloads the blob.
+func (s *Store) prefetched(ctx context.Context, dgst digest.Digest) bool {
+	if s.prefetch == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.prefetchWait)
+	defer cancel()
+	ok, err := s.prefetch.Prefetch(ctx, dgst)
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("digest", dgst).Info("cannot fill a listed blob for Info; containerd will download it")
+		return false
+	}
+	if ok {
+		log.G(ctx).WithField("digest", dgst).Debug("blob filled for Info")
+	}
+	return ok
 }
 
 // Update sets labels (the only mutable field) and holds the blob.

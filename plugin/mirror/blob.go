@@ -262,6 +262,13 @@ func (h *Handler) serveStored(q *request, dgst digest.Digest, result traffic.Res
 	hdr.Set("Etag", `"`+dgst.String()+`"`)
 	hdr.Set(traffic.ResultHeader, string(result))
 	q.w.result = result
+	if manifest && info.Size <= h.maxManifestSize {
+		h.noteManifest(q, dgst, mediaType, func() ([]byte, error) {
+			body := make([]byte, info.Size)
+			_, err := f.ReadAt(body, 0)
+			return body, err
+		})
+	}
 	// No source is recorded here: serving from the store proves nothing about the registry.
 	http.ServeContent(q.w, q.r, "", time.Time{}, f)
 	return true

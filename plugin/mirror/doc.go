@@ -14,4 +14,6 @@
 //   - upstream.go: relaying upstream answers when the store cannot help
 //   - response.go: results, error bodies and Range parsing, what goes back to the client
 //   - tags.go: tag policy and remembered 404s; access.go: who may read a private object
+//   - prefetch.go: the blobs of recently served manifests, filled when the content API's Info
+//     asks for one (Prefetch, wired to plugin/content by the server)
 package mirror

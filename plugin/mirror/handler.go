@@ -69,6 +69,10 @@ type Handler struct {
 	manifestWaiters atomic.Int64
 	// listings keeps the last tags/list and referrers answers for stale-if-error (listing.go).
 	listings listingCache
+	// listed remembers the blobs of the manifests served lately, for Prefetch (prefetch.go);
+	// prefetchSlots bounds the fills Prefetch starts in the background.
+	listed        listedBlobs
+	prefetchSlots chan struct{}
 }
 
 // New returns a Handler.
@@ -97,6 +101,8 @@ func New(opts Options) (*Handler, error) {
 		tags:            opts.Tags,
 		observer:        opts.Observer,
 		peers:           opts.Peers,
+		listed:          listedBlobs{now: opts.Now},
+		prefetchSlots:   make(chan struct{}, siblingFills),
 	}, nil
 }
 

@@ -158,6 +158,7 @@ func (h *Handler) fetchManifest(q *request) {
 	hdr.Set("Etag", `"`+dgst.String()+`"`)
 	hdr.Set(traffic.ResultHeader, string(a.result))
 	q.w.result = a.result
+	h.noteManifest(q, a.dgst, a.mediaType, func() ([]byte, error) { return a.body, nil })
 	q.w.WriteHeader(http.StatusOK)
 	if q.r.Method == http.MethodGet {
 		_, _ = q.w.Write(a.body)

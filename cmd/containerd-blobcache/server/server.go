@@ -172,6 +172,11 @@ func New(ctx context.Context, cfg config.Config) (_ *Server, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	if contentSvc != nil {
+		// containerd's Info before a download is answered by the mirror filling the blob
+		// when a manifest it served lists it (plugin/mirror/prefetch.go).
+		contentSvc.Store().SetPrefetcher(handler, cfg.Content.InfoFillWait.D())
+	}
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: cfg.Mirror.ReadTimeout.D(),
