@@ -212,7 +212,7 @@ func Default() Config {
 			Address:         DefaultContentAddress,
 			SocketGroup:     "",
 			ShutdownTimeout: Duration(5 * time.Second),
-			InfoFillWait:    Duration(10 * time.Second),
+			InfoFillWait:    Duration(5 * time.Second),
 		},
 		// Off by default: applying layers writes into containerd's snapshot directories and
 		// mounts, which needs root's capabilities (proxy mode's unit grants them).

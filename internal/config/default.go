@@ -211,8 +211,10 @@ log_level = "info"
   # This bounds how long Info waits for that fill: containerd asks Info inside its metadata
   # database's write transaction, so its other metadata writes wait meanwhile. Past it, or if
   # the fill fails, Info answers not found and containerd downloads the blob through the
-  # mirror, joining the fill in progress. "0s" turns the fill on Info off.
-  info_fill_wait = "10s"
+  # mirror, joining the fill in progress (the fill is not repeated). The default covers a
+  # layer of a few hundred MB on a fast link and keeps containerd's stall short; raise it for
+  # slow links if the pulls matter more than other metadata writes. "0s" turns it off.
+  info_fill_wait = "5s"
 
 [diff]
   # Serve containerd's diff API (Apply, Compare) on the content socket (content.address; so
