@@ -6,9 +6,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -107,24 +109,60 @@ func TestClusterOwnerLostMidTransfer(t *testing.T) {
 // remaining nodes at once is fetched from the registry once per blob.
 func TestClusterMembershipChangesDuringPulls(t *testing.T) {
 	c := harness.StartCluster(t, harness.ClusterOptions{
-		// 32 Mbit/s: the first image takes about 10 s, time for every node to see the change.
 		Tier: true, DNS: true, Members: 3, Containerd: []int{0, 1}, RegistryRate: "32mbit",
-		PeerExtra: `dns_interval = "200ms"`,
+		// stall_timeout: an owner waits for the held answers too (below); its askers must not
+		// take that for a stalled peer and mark it down.
+		PeerExtra: "dns_interval = \"200ms\"\nstall_timeout = \"2m\"",
+		// The registry holds the first image's layers back until the membership has changed
+		// (below): the daemons wait for those answers' headers meanwhile.
+		DaemonConfig: func(_ int, cfg *harness.DaemonConfig) { cfg.ResponseHeaderTimeout = "2m" },
 	})
 	for _, i := range []int{0, 1, 2} {
 		waitMembers(t, c, i, 0, 1, 2)
 	}
-	_, refA := c.PushImage(t, "cluster/members", "a", clusterImage(500))
+	imA, refA := c.PushImage(t, "cluster/members", "a", clusterImage(500))
 	imB, refB := c.PushImage(t, "cluster/members", "b", clusterImage(600))
 
+	// The pulls of image A are under way, and cannot end, while the membership changes: the
+	// registry answers none of A's layers before the test releases them (bounded by the
+	// request's own context), whatever the machine's speed.
+	layersA := map[string]bool{}
+	for _, l := range imA.Layers {
+		layersA[l.Descriptor.Digest.String()] = true
+	}
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(open)
+	held := make(chan struct{}, 64)
+	c.Proxy.SetIntercept(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && layersA[path.Base(r.URL.Path)] {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		return false
+	})
 	results := pullAt(c, []int{0, 1}, refA, "members")
+	select {
+	case <-held:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("no layer of image A reached the registry")
+	}
 	c.MembersRecords(t, 0, 1, 3)
 	for _, i := range []int{0, 1, 3} {
 		waitMembers(t, c, i, 0, 1, 3)
 	}
 	if len(results) > 0 {
-		t.Fatal("a pull ended before the membership changed: the test would show nothing (slow the link)")
+		t.Fatal("a pull ended before the membership changed although the registry held its layers")
 	}
+	open()
+	c.Proxy.SetIntercept(nil)
 	if err := c.Nodes[2].Daemon.Stop(); err != nil {
 		t.Fatal(err)
 	}
