@@ -2,10 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -30,27 +26,14 @@ func criAPIPull(ctx context.Context, _ *testing.T, c *harness.Containerd, image,
 
 // crictlPull runs the real crictl binary (cri-tools) from the tools directory.
 func crictlPull(t *testing.T) criPull {
-	crictl := filepath.Join(harness.Tools(t).Dir, "crictl")
-	if _, err := exec.LookPath(crictl); err != nil {
-		harness.Unavailable(t, "crictl not found in %s (cri-tools v1.37.0: `make tools`)", filepath.Dir(crictl))
-	}
+	harness.Tools(t).RequireCrictl(t)
 	return func(ctx context.Context, t *testing.T, c *harness.Containerd, image, user, pass string) error {
-		// Its own config file: crictl insists on one, and the machine's /etc/crictl.yaml is
-		// not read.
-		cfg := filepath.Join(t.TempDir(), "crictl.yaml")
-		endpoint := "unix://" + c.Socket
-		if err := os.WriteFile(cfg, []byte("runtime-endpoint: "+endpoint+"\nimage-endpoint: "+endpoint+"\ntimeout: 120\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		args := []string{"--config", cfg, "pull"}
+		args := []string{"pull"}
 		if user != "" {
 			args = append(args, "--creds", user+":"+pass)
 		}
-		out, err := exec.CommandContext(ctx, crictl, append(args, image)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("crictl pull: %v\n%s", err, out)
-		}
-		return nil
+		_, err := c.CrictlE(ctx, t, append(args, image)...)
+		return err
 	}
 }
 

@@ -491,7 +491,7 @@ func TestLoadCredentials(t *testing.T) {
 [registries."ghcr.io"]
   node_public = true
 `), 0o600)
-	creds, err := LoadCredentials(credFile, dockerFile)
+	store, err := NewCredentialStore(CredentialStoreOptions{CredentialsFile: credFile, DockerConfig: dockerFile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,6 +499,12 @@ func TestLoadCredentials(t *testing.T) {
 		"docker.io":            {Username: "hub", Password: "hubpw"},
 		"registry.example.com": {Username: "u2", Password: "p2", NodePublic: true},
 		"ghcr.io":              {IdentityToken: "refresh-1", NodePublic: true},
+	}
+	creds := Credentials{}
+	for reg := range want {
+		if c, ok := store.Lookup(t.Context(), reg); ok {
+			creds[reg] = c
+		}
 	}
 	if fmt.Sprintf("%#v", creds) != fmt.Sprintf("%#v", want) {
 		t.Errorf("got %#v\nwant %#v", creds, want)
@@ -514,7 +520,7 @@ func TestLoadCredentials(t *testing.T) {
 		"not toml, secret": "password = \"leaked-secret\n",
 	} {
 		os.WriteFile(credFile, []byte(body), 0o600)
-		_, err := LoadCredentials(credFile, "")
+		_, err := NewCredentialStore(CredentialStoreOptions{CredentialsFile: credFile})
 		if err == nil {
 			t.Errorf("%s: accepted", name)
 			continue

@@ -58,28 +58,6 @@ type credentialsFile struct {
 	} `toml:"registries"`
 }
 
-// LoadCredentials reads the daemon's static credentials: first the auths of a Docker
-// config.json (dockerConfig, optional), then the credentials file (optional), whose entries
-// win. Credential helpers named in the Docker config are not run (CredentialStore does).
-// Errors name the file and the registry, never a secret.
-func LoadCredentials(credentialsFile, dockerConfig string) (Credentials, error) {
-	set, err := loadCredentialSet(credentialsFile, dockerConfig)
-	if err != nil {
-		return nil, err
-	}
-	creds := Credentials{}
-	for reg, c := range set.auths {
-		creds[reg] = c
-	}
-	for reg, c := range set.file {
-		if !c.hasSecret() {
-			c.Username, c.Password, c.IdentityToken = creds[reg].Username, creds[reg].Password, creds[reg].IdentityToken
-		}
-		creds[reg] = c
-	}
-	return creds, nil
-}
-
 // credentialSet is what the two files say, kept apart so that the precedence between the
 // credentials file, credential helpers and plain auths is decided at lookup.
 type credentialSet struct {
