@@ -23,7 +23,14 @@ import (
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
 )
 
-func TestMain(m *testing.M) { harness.Main(m) }
+func TestMain(m *testing.M) {
+	// The bench binary started again as the null content server (nullcontent.go).
+	if arg := os.Getenv(nullContentEnv); arg != "" {
+		serveNullContent(arg)
+		return
+	}
+	harness.Main(m)
+}
 
 // config is what the environment can change; the defaults are the full sizes.
 type config struct {
@@ -154,6 +161,7 @@ func TestBench(t *testing.T) {
 	}
 	harness.RequireDebianFile(t, e.nginx, "nginx-light")
 	e.bin = harness.DaemonBinaryNoRace(t)
+	pageReporting := pausePageReporting(t)
 	loadBefore := loadAverage()
 	started := time.Now()
 	scenarios := []struct {
@@ -199,6 +207,7 @@ func TestBench(t *testing.T) {
 	fmt.Fprintf(&b, "- versions: containerd-blobcache %s (no -race); %s; %s; %s; %s\n", harness.SourceVersion(), runtime.Version(), firstLine(tools.Containerd, "--version"), firstLine(tools.Registry, "--version"), firstLine(e.nginx, "-v"))
 	fmt.Fprintf(&b, "- settings: runs=%d scale=%g herd_clients=%d dist_herd_runs=%d manifest_requests=%d manifest_rate=%d/s startup_records=%d link=%d Mbit/s + %v each way\n",
 		cfg.Runs, cfg.Scale, cfg.HerdClients, cfg.DistHerdRuns, cfg.ManifestRequests, cfg.ManifestRate, cfg.StartupRecords, cfg.LinkMbit, cfg.LinkDelay)
+	fmt.Fprintf(&b, "- %s\n", pageReporting)
 	fmt.Fprintf(&b, "- command: %s\n\n", envString("BENCH_COMMAND", "go test -tags bench -run TestBench ./integration/bench/"))
 	b.WriteString(rep.Markdown())
 	out := b.String()

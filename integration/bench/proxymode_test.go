@@ -212,7 +212,7 @@ func (e *env) proxyMode(t *testing.T, rep *Report) {
 		Ours: fmt.Sprintf("%.0f %%", 100*Median(shares)),
 	})
 
-	write, mbps := p.contentRates(t)
+	write, mbps, nullMBps := p.contentRates(t)
 	rep.Add(Row{
 		Scenario: fmt.Sprintf("content API Write of a %d MiB blob through containerd's proxy client (core/content/proxy)", e.hotBlob.Size>>20),
 		Measure:  "MB/s, as containerd stores a blob it fetched (content.Copy, one write stream)",
@@ -222,6 +222,8 @@ func (e *env) proxyMode(t *testing.T, rep *Report) {
 		Scenario: fmt.Sprintf("content API Read of a cached %d MiB blob through containerd's proxy client (core/content/proxy)", e.hotBlob.Size>>20),
 		Measure:  "MB/s, sequential 32 KiB ReadAt",
 		Ours:     fmt.Sprintf("%.0f", mbps),
+		Others:   map[string]string{ColNullContent: fmt.Sprintf("%.0f", nullMBps)},
+		Ratio:    fmt.Sprintf("%.2f×", mbps/nullMBps),
 		Target:   "≥ 250 MB/s", Met: Bool(mbps >= 250),
 	})
 }
@@ -229,18 +231,15 @@ func (e *env) proxyMode(t *testing.T, rep *Report) {
 // contentRates writes the hot blob through the content API (as containerd stores a blob it
 // pulled in proxy mode; the daemon does not hold it yet) and reads it back the way
 // containerd's unpacker reads a layer from a proxy content store: 32 KiB per ReadAt, through
-// containerd's own client. It returns the write's MB/s and the median read MB/s of the runs.
-func (p *proxyBench) contentRates(t *testing.T) (write, read float64) {
+// containerd's own client. The null content server (nullcontent.go) is read the same way,
+// the two taking turns. It returns the write's MB/s and the median read MB/s of the daemon
+// and of the null server.
+func (p *proxyBench) contentRates(t *testing.T) (write, read, nullRead float64) {
 	t.Helper()
 	e := p.e
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	conn, err := grpc.NewClient("unix://"+p.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	store := proxy.NewContentStore(conn)
+	store := proxyContentClient(t, p.socket)
 	desc := ocispec.Descriptor{Digest: e.hotBlob.Digest, Size: e.hotBlob.Size}
 	f, err := os.Open(e.hotBlob.Path)
 	if err != nil {
@@ -254,23 +253,49 @@ func (p *proxyBench) contentRates(t *testing.T) (write, read float64) {
 	}
 	write = MBps(desc.Size, time.Since(start))
 	t.Logf("content API write: %.0f MB/s", write)
+
+	null := proxyContentClient(t, startNullContent(t, filepath.Dir(p.socket), desc.Size))
 	buf := make([]byte, 32<<10)
-	var samples []float64
+	samples := map[string][]float64{}
 	for i := range e.cfg.Runs {
-		start := time.Now()
-		ra, err := store.ReaderAt(ctx, desc)
-		if err != nil {
-			t.Fatalf("content API ReaderAt %s: %v", desc.Digest, err)
+		for _, sys := range Rotate([]string{"daemon", "null"}, i) {
+			s := store
+			if sys == "null" {
+				s = null
+			}
+			mbps := readRate(ctx, t, s, desc, buf)
+			samples[sys] = append(samples[sys], mbps)
+			t.Logf("content API read run %d, %s: %.0f MB/s", i, sys, mbps)
 		}
-		// Hide WriterTo so that the copy goes through buf, one ReadAt per 32 KiB.
-		n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{content.NewReader(ra)}, buf)
-		ra.Close()
-		if err != nil || n != desc.Size {
-			t.Fatalf("read %d of %d bytes through the content API: %v", n, desc.Size, err)
-		}
-		d := time.Since(start)
-		samples = append(samples, MBps(n, d))
-		t.Logf("content API read run %d: %.0f MB/s", i, MBps(n, d))
 	}
-	return write, Median(samples)
+	return write, Median(samples["daemon"]), Median(samples["null"])
+}
+
+// proxyContentClient is containerd's proxy content store on socket, on a connection of its
+// own that the test closes.
+func proxyContentClient(t *testing.T, socket string) content.Store {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return proxy.NewContentStore(conn)
+}
+
+// readRate reads desc from store sequentially, len(buf) bytes per ReadAt, and returns the MB/s.
+func readRate(ctx context.Context, t *testing.T, store content.Store, desc ocispec.Descriptor, buf []byte) float64 {
+	t.Helper()
+	start := time.Now()
+	ra, err := store.ReaderAt(ctx, desc)
+	if err != nil {
+		t.Fatalf("content API ReaderAt %s: %v", desc.Digest, err)
+	}
+	defer ra.Close()
+	// Hide WriterTo so that the copy goes through buf, one ReadAt per 32 KiB.
+	n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{content.NewReader(ra)}, buf)
+	if err != nil || n != desc.Size {
+		t.Fatalf("read %d of %d bytes through the content API: %v", n, desc.Size, err)
+	}
+	return MBps(n, time.Since(start))
 }

@@ -18,9 +18,12 @@ const (
 	ColMirrorMode = "mirror mode (built-in content store)"
 	// ColTierOff is the cluster scenario's figure with the cluster tier switched off.
 	ColTierOff = "cluster tier off"
+	// ColNullContent is a grpc-go content server answering from memory and doing nothing
+	// else (nullcontent.go): what containerd's proxy client can read from any server here.
+	ColNullContent = "null content server"
 )
 
-var comparisonColumns = []string{ColDirect, ColDist, ColNginx, ColMirrorMode, ColTierOff}
+var comparisonColumns = []string{ColDirect, ColDist, ColNginx, ColMirrorMode, ColTierOff, ColNullContent}
 
 // Row is one line of the report: one measure of one scenario, with the figure of
 // containerd-blobcache, the comparisons' figures by column, and the target it is judged by.
