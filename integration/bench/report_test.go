@@ -69,11 +69,11 @@ func TestReportMarkdown(t *testing.T) {
 		t.Fatalf("want header, rule and 3 rows, got:\n%s", r.Markdown())
 	}
 	want := []string{
-		"| scenario | measure | containerd-blobcache | direct pull | distribution proxy | nginx sendfile | mirror mode (built-in content store) | cluster tier off | ratio | target | met? |",
-		"| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-		"| cold | wall | 1.00 s | 1.10 s | — | — | — | — | 0.91× | ≤ 1.05× | yes |",
-		`| hot | a\|b | 10 | — | — | — | — | — | — | ≥ x | **NO** |`,
-		"| info | p50 | 1 ms | — | — | — | — | — | — | — | — |",
+		"| scenario | measure | containerd-blobcache | direct pull | distribution proxy | nginx sendfile | mirror mode (built-in content store) | cluster tier off | null content server | ratio | target | met? |",
+		"| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+		"| cold | wall | 1.00 s | 1.10 s | — | — | — | — | — | 0.91× | ≤ 1.05× | yes |",
+		`| hot | a\|b | 10 | — | — | — | — | — | — | — | ≥ x | **NO** |`,
+		"| info | p50 | 1 ms | — | — | — | — | — | — | — | — | — |",
 	}
 	for i := range want {
 		if lines[i] != want[i] {
