@@ -70,6 +70,22 @@ func newSelfSigned(t testing.TB, cn string) ([]byte, *x509.Certificate, *ecdsa.P
 // IP addresses) or, with client set, a client certificate. It returns the PEM files.
 func (ca *TestCA) Issue(t testing.TB, cn string, client bool, names ...string) (certFile, keyFile string) {
 	t.Helper()
+	usage := x509.ExtKeyUsageServerAuth
+	if client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	return ca.issue(t, cn, []x509.ExtKeyUsage{usage}, names)
+}
+
+// IssuePeer makes a certificate for both ends of a connection, as a cluster node's peer
+// certificate is (peer.tls_cert_file: its listener's and its client's), for names.
+func (ca *TestCA) IssuePeer(t testing.TB, cn string, names ...string) (certFile, keyFile string) {
+	t.Helper()
+	return ca.issue(t, cn, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, names)
+}
+
+func (ca *TestCA) issue(t testing.TB, cn string, usages []x509.ExtKeyUsage, names []string) (certFile, keyFile string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -81,10 +97,7 @@ func (ca *TestCA) Issue(t testing.TB, cn string, client bool, names ...string) (
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	if client {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		ExtKeyUsage:  usages,
 	}
 	for _, n := range names {
 		if ip := net.ParseIP(n); ip != nil {
