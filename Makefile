@@ -29,7 +29,7 @@ LDFLAGS     := -X github.com/containerd-blobcache/containerd-blobcache/internal/
 IMAGE       ?= ghcr.io/containerd-blobcache/containerd-blobcache:$(VERSION)
 IMAGE_ARCH  ?= $(shell $(GO) env GOARCH)
 
-.PHONY: all build run test unit integration deps bench-deps tools vet fmt clean fuzz bench image helm-test
+.PHONY: all build run test unit integration deps bench-deps tools vet fmt clean fuzz bench bench-unit image helm-test
 
 all: build
 
@@ -88,13 +88,18 @@ fuzz:
 # Every test: unit tests and the integration suite against a real containerd and registry,
 # and every fuzz target for its execution count. It installs what it needs first: the Debian
 # packages (deps, as root) and the pinned tools.
-test: deps tools vet fuzz helm-test
+test: deps tools vet fuzz helm-test bench-unit
 	BLOBCACHE_TOOLS_DIR=$(TOOLS_DIR)/bin $(GO) test -race -count=1 -timeout 50m ./...
 
 # The Helm chart rendered with the Helm library and checked against the binary; a Go module
 # of its own (contrib/helm/test/go.mod) so that Helm's dependencies stay out of go.mod.
 helm-test:
 	cd contrib/helm/test && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
+
+# The benchmark's own unit tests (its report table, statistics, slow link); they carry the
+# bench build tag with it, so ./... leaves them out. TestBench itself is make bench.
+bench-unit:
+	$(GO) test -race -count=1 -tags bench -skip '^TestBench$$' ./integration/bench/
 
 # Side-by-side benchmarks (docs/BENCHMARKS.md): containerd-blobcache against a direct pull,
 # distribution as a pull-through proxy and nginx, on loopback. Needs root. Prints one markdown
