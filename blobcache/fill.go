@@ -250,6 +250,7 @@ func (s *Store) run(ctx context.Context, f *Fill, file *os.File, body io.ReadClo
 
 	buf := make([]byte, fillBufferSize)
 	h := f.dgst.Algorithm().Hash()
+	wb := writeback{file: file}
 	var off int64
 	for {
 		n, rerr := body.Read(buf)
@@ -265,6 +266,7 @@ func (s *Store) run(ctx context.Context, f *Fill, file *os.File, body io.ReadClo
 			h.Write(buf[:n])
 			off += int64(n)
 			f.publish(off)
+			wb.written(off)
 		}
 		if errors.Is(rerr, io.EOF) {
 			break

@@ -161,7 +161,7 @@ func TestBench(t *testing.T) {
 	}
 	harness.RequireDebianFile(t, e.nginx, "nginx-light")
 	e.bin = harness.DaemonBinaryNoRace(t)
-	pageReporting := pausePageReporting(t)
+	pageReporting := steadyMemory(t)
 	loadBefore := loadAverage()
 	started := time.Now()
 	scenarios := []struct {
@@ -828,19 +828,28 @@ func cpuModel() string {
 }
 
 func memTotal() string {
+	if kb, ok := meminfoKiB("MemTotal"); ok {
+		return fmt.Sprintf("%.0f GiB RAM", math.Round(kb/(1<<20)))
+	}
+	return "?"
+}
+
+// meminfoKiB is field of /proc/meminfo, in KiB.
+func meminfoKiB(field string) (float64, bool) {
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
-		return "?"
+		return 0, false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-			f := strings.Fields(rest)
-			if kb, err := strconv.ParseFloat(f[0], 64); err == nil {
-				return fmt.Sprintf("%.0f GiB RAM", math.Round(kb/(1<<20)))
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				if kb, err := strconv.ParseFloat(f[0], 64); err == nil {
+					return kb, true
+				}
 			}
 		}
 	}
-	return "?"
+	return 0, false
 }
 
 func kernel() string {
