@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
 	"github.com/containerd-blobcache/containerd-blobcache/plugin/peer"
 )
@@ -212,7 +214,7 @@ func TestClusterPeerWithoutKeyRefused(t *testing.T) {
 
 	// An unsigned request from node 3's namespace to node 0's peer listener.
 	b0 := im.Blobs()[0]
-	u := "http://" + c.Nodes[0].PeerAddr + peer.BlobsPath + b0.Digest.String() + "?" + url.Values{"ns": {c.RegistryHost}, "repo": {"cluster/key"}}.Encode()
+	u := peerBlobURL(c, "http", 0, "cluster/key", b0.Digest)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
@@ -227,13 +229,26 @@ func TestClusterPeerWithoutKeyRefused(t *testing.T) {
 
 	c.Proxy.Reset()
 	waitPulls(t, "wrong_key", pullAt(c, []int{3}, ref, "key"))
-	n3 := c.Nodes[3].NS.Addr
+	requireAllFromRegistry(t, c, im, 3)
+}
+
+// peerBlobURL is the address of blob dg of repo on node's peer listener (scheme "http" with a
+// shared key, "https" with mutual TLS).
+func peerBlobURL(c *harness.Cluster, scheme string, node int, repo string, dg digest.Digest) string {
+	return scheme + "://" + c.Nodes[node].PeerAddr + peer.BlobsPath + dg.String() + "?" + url.Values{"ns": {c.RegistryHost}, "repo": {repo}}.Encode()
+}
+
+// requireAllFromRegistry checks, after a pull on node alone, that the registry served that
+// node every blob of im itself (no peer served it any) and that the node keeps them all.
+func requireAllFromRegistry(t *testing.T, c *harness.Cluster, im *harness.Image, node int) {
+	t.Helper()
+	addr := c.Nodes[node].NS.Addr
 	for _, b := range im.Blobs() {
-		if gets := registryGETsFrom(c, b.Digest); gets[n3] != 1 {
-			t.Errorf("blob %s: registry GETs %v, want one from node 3 (%s): no peer may serve it", b.Digest, gets, n3)
+		if gets := registryGETsFrom(c, b.Digest); gets[addr] != 1 {
+			t.Errorf("blob %s: registry GETs %v, want one from node %d (%s): no peer may serve it", b.Digest, gets, node, addr)
 		}
-		if !keepsBlob(c.Nodes[3].Daemon, b.Digest, b.Size) {
-			t.Errorf("node 3 does not hold %s", b.Digest)
+		if !keepsBlob(c.Nodes[node].Daemon, b.Digest, b.Size) {
+			t.Errorf("node %d does not hold %s", node, b.Digest)
 		}
 	}
 }

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
-	"net/url"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
-	"github.com/containerd-blobcache/containerd-blobcache/plugin/peer"
 )
 
 // TestClusterMutualTLS: the peers authenticate with mutual TLS instead of a shared key, across
@@ -71,7 +69,7 @@ func TestClusterMutualTLS(t *testing.T) {
 	// From node 3's namespace: a client trusting the cluster's CA but with no certificate of
 	// its own gets no answer from node 1's peer listener, nor with the stranger's certificate.
 	b0 := im.Blobs()[0]
-	u := "https://" + c.Nodes[1].PeerAddr + peer.BlobsPath + b0.Digest.String() + "?" + url.Values{"ns": {c.RegistryHost}, "repo": {"cluster/tls"}}.Encode()
+	u := peerBlobURL(c, "https", 1, "cluster/tls", b0.Digest)
 	strangerCert, strangerKey := stranger.IssuePeer(t, "intruder", harness.NodeAddr(3))
 	pair, err := tls.LoadX509KeyPair(strangerCert, strangerKey)
 	if err != nil {
@@ -98,13 +96,5 @@ func TestClusterMutualTLS(t *testing.T) {
 
 	c.Proxy.Reset()
 	waitPulls(t, "tls_stranger", pullAt(c, []int{3}, ref, "tls"))
-	n3 := c.Nodes[3].NS.Addr
-	for _, b := range im.Blobs() {
-		if gets := registryGETsFrom(c, b.Digest); gets[n3] != 1 {
-			t.Errorf("blob %s: registry GETs %v, want one from node 3 (%s): no peer may serve it", b.Digest, gets, n3)
-		}
-		if !keepsBlob(c.Nodes[3].Daemon, b.Digest, b.Size) {
-			t.Errorf("node 3 does not hold %s", b.Digest)
-		}
-	}
+	requireAllFromRegistry(t, c, im, 3)
 }

@@ -227,7 +227,7 @@ func TestProxyDiffCompareMatchesWalkingDiffer(t *testing.T) {
 		t.Errorf("the daemon counted %v compares, want 1", n)
 	}
 	// The layer is in the daemon's store, read through its content API.
-	blob, err := content.ReadBlob(t.Context(), contentClient(t, e.socket), desc)
+	blob, err := content.ReadBlob(t.Context(), harness.ContentClient(t, e.socket), desc)
 	if err != nil {
 		t.Fatalf("read the daemon's layer %s: %v", desc.Digest, err)
 	}

@@ -12,12 +12,9 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/content/proxy"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
 )
@@ -100,24 +97,13 @@ func proxyImageSpec(t *testing.T, seed uint64) harness.ImageSpec {
 	}}
 }
 
-// contentClient dials the daemon's content API the way containerd does.
-func contentClient(t *testing.T, socket string) content.Store {
-	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return proxy.NewContentStore(conn)
-}
-
 // heldBlobs is what the content API lists: the blobs containerd holds.
 func heldBlobs(t *testing.T, socket string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out []string
-	if err := contentClient(t, socket).Walk(ctx, func(info content.Info) error {
+	if err := harness.ContentClient(t, socket).Walk(ctx, func(info content.Info) error {
 		out = append(out, info.Digest.String())
 		return nil
 	}); err != nil {

@@ -15,11 +15,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/content/proxy"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	dto "github.com/prometheus/client_model/go"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/containerd-blobcache/containerd-blobcache/integration/harness"
 )
@@ -239,7 +236,7 @@ func (p *proxyBench) contentRates(t *testing.T) (write, read, nullRead float64) 
 	e := p.e
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	store := proxyContentClient(t, p.socket)
+	store := harness.ContentClient(t, p.socket)
 	desc := ocispec.Descriptor{Digest: e.hotBlob.Digest, Size: e.hotBlob.Size}
 	f, err := os.Open(e.hotBlob.Path)
 	if err != nil {
@@ -254,7 +251,7 @@ func (p *proxyBench) contentRates(t *testing.T) (write, read, nullRead float64) 
 	write = MBps(desc.Size, time.Since(start))
 	t.Logf("content API write: %.0f MB/s", write)
 
-	null := proxyContentClient(t, startNullContent(t, filepath.Dir(p.socket), desc.Size))
+	null := harness.ContentClient(t, startNullContent(t, filepath.Dir(p.socket), desc.Size))
 	buf := make([]byte, 32<<10)
 	samples := map[string][]float64{}
 	for i := range e.cfg.Runs {
@@ -269,18 +266,6 @@ func (p *proxyBench) contentRates(t *testing.T) (write, read, nullRead float64) 
 		}
 	}
 	return write, Median(samples["daemon"]), Median(samples["null"])
-}
-
-// proxyContentClient is containerd's proxy content store on socket, on a connection of its
-// own that the test closes.
-func proxyContentClient(t *testing.T, socket string) content.Store {
-	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return proxy.NewContentStore(conn)
 }
 
 // readRate reads desc from store sequentially, len(buf) bytes per ReadAt, and returns the MB/s.
